@@ -1,0 +1,92 @@
+//! The admin listener (kept off the public one): `/healthz` (the process is alive) and
+//! `/readyz` (listeners bound; upstream reachable, unless configured not to matter).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::Config;
+use crate::server::App;
+
+async fn route(req: Request<Incoming>, cfg: Arc<Config>, app: Arc<App>) -> Response<Full<Bytes>> {
+    let text = |status: StatusCode, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r
+    };
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" => {
+            let store = app.gate.store();
+            let store_line = format!("replay store: {} ({} entries)\n", store.kind(), store.len());
+            if !cfg.admin.ready_requires_upstream {
+                return text(StatusCode::OK, format!("ready\n{store_line}"));
+            }
+            let probe = tokio::time::timeout(
+                Duration::from_secs(1),
+                TcpStream::connect(cfg.upstream.authority.as_str()),
+            )
+            .await;
+            match probe {
+                Ok(Ok(_)) => text(
+                    StatusCode::OK,
+                    format!("ready\nupstream: reachable\n{store_line}"),
+                ),
+                Ok(Err(e)) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready\nupstream: {e}\n{store_line}"),
+                ),
+                Err(_) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready\nupstream: connect timed out\n{store_line}"),
+                ),
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+/// Serve the admin endpoints until `shutdown` resolves.
+pub async fn serve<F>(listener: TcpListener, cfg: Arc<Config>, app: Arc<App>, shutdown: F)
+where
+    F: Future<Output = ()> + Send,
+{
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let (cfg, app) = (cfg.clone(), app.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let (cfg, app) = (cfg.clone(), app.clone());
+                        async move { Ok::<_, Infallible>(route(req, cfg, app).await) }
+                    });
+                    let _ = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(10))
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+            _ = &mut shutdown => return,
+        }
+    }
+}

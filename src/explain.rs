@@ -1,0 +1,139 @@
+//! `jwt-gate explain`: every check in order with pass/fail, and the decoded header and
+//! claims, so an administrator sees at once why a login fails (GitLab only says "Could not
+//! authenticate you from Jwt"). No side effects: the replay store is not touched.
+
+use std::fmt::Write as _;
+
+use crate::config::Config;
+use crate::login::encoding::b64url_decode_canonical;
+use crate::login::verify::{AuditInfo, Trace, Verifier, STEPS};
+
+struct Collect(Vec<&'static str>);
+
+impl Trace for Collect {
+    fn pass(&mut self, step: &'static str) {
+        self.0.push(step);
+    }
+}
+
+/// Explain `token` against `cfg` at time `now`. Returns the report and whether the token
+/// would be accepted (replay store aside).
+pub fn explain(cfg: &Config, token: &str, now: i64) -> (String, bool) {
+    let token = token.trim();
+    let mut out = String::new();
+    let p = &cfg.provider;
+    let _ = writeln!(
+        out,
+        "provider: {}  uid_claim: {}  required_claims: [{}]  valid_within: {} s  max_future_skew: {} s  require_jti: {}",
+        p.algorithm.name(),
+        p.uid_claim,
+        p.required_claims.join(", "),
+        p.valid_within,
+        cfg.gate.max_future_skew,
+        cfg.gate.require_jti
+    );
+    let segs: Vec<&str> = token.split('.').collect();
+    for (i, name) in ["header", "claims"].iter().enumerate() {
+        let shown = segs
+            .get(i)
+            .and_then(|s| decode_for_display(s))
+            .map(
+                |bytes| match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                    Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_default(),
+                    Err(_) => format!("(not JSON: {})", String::from_utf8_lossy(&bytes)),
+                },
+            )
+            .unwrap_or_else(|| "(cannot be decoded)".to_string());
+        let _ = writeln!(out, "{name}:\n{}", indent(&shown));
+    }
+    if let Some(claims) = segs.get(1).and_then(|s| decode_for_display(s)) {
+        if let Ok(serde_json::Value::Object(m)) = serde_json::from_slice(&claims) {
+            for k in ["iat", "exp", "nbf"] {
+                if let Some(t) = m.get(k).and_then(|v| v.as_i64()) {
+                    let _ = writeln!(out, "{k}: {t} ({:+} s from now)", t - now);
+                }
+            }
+        }
+    }
+
+    // explain runs in its own process: "issued before start" would be meaningless here
+    let mut verifier = Verifier::new(cfg, now);
+    verifier.not_issued_before = None;
+    let mut trace = Collect(Vec::new());
+    let mut audit = AuditInfo::default();
+    let result = verifier.verify(token, now, &mut audit, &mut trace);
+    let _ = writeln!(out, "checks:");
+    let mut failed_shown = false;
+    for step in STEPS {
+        if trace.0.contains(step) {
+            let _ = writeln!(out, "  [pass] {step}");
+        } else if !failed_shown {
+            failed_shown = true;
+            if let Err(r) = &result {
+                let _ = writeln!(out, "  [FAIL] {step}: {} — {}", r.code(), r.describe());
+            }
+        } else {
+            let _ = writeln!(out, "  [ -- ] {step} (not reached)");
+        }
+    }
+    match &result {
+        Ok(v) => {
+            let _ = writeln!(
+                out,
+                "  [skip] replay store: not consulted (explain has no side effects); a first use would be recorded until {}",
+                v.expires_at
+            );
+            if cfg.replay.reject_issued_before_start {
+                let _ = writeln!(
+                    out,
+                    "  [note] a running gate also refuses tokens issued before it started (replay.reject_issued_before_start)"
+                );
+            }
+            let _ = writeln!(out, "identity headers the gate would add:");
+            for (h, v) in &v.identity {
+                let _ = writeln!(out, "  {h}: {}", String::from_utf8_lossy(v.as_bytes()));
+            }
+            let _ = writeln!(out, "result: ACCEPTED (if unused)");
+        }
+        Err(r) => {
+            let status = if r.code() == "token_missing" {
+                400
+            } else {
+                401
+            };
+            let _ = writeln!(out, "result: REJECTED ({status} {})", r.code());
+        }
+    }
+    (out, result.is_ok())
+}
+
+/// Decode a segment for display: canonical first, then the lenient spellings ruby-jwt
+/// would take (padding, standard alphabet), so a non-canonical token can still be read.
+fn decode_for_display(seg: &str) -> Option<Vec<u8>> {
+    b64url_decode_canonical(seg.as_bytes()).or_else(|| {
+        let cleaned: String = seg
+            .trim_end_matches('=')
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .map(|c| match c {
+                '+' => '-',
+                '/' => '_',
+                c => c,
+            })
+            .collect();
+        let mut bytes = cleaned.into_bytes();
+        // clear non-zero trailing bits by re-trying with the last char's low bits dropped
+        b64url_decode_canonical(&bytes).or_else(|| {
+            bytes.pop();
+            b64url_decode_canonical(&bytes)
+        })
+    })
+}
+
+fn indent(s: &str) -> String {
+    s.lines()
+        .map(|l| format!("  {l}\n"))
+        .collect::<String>()
+        .trim_end()
+        .to_string()
+}

@@ -1,0 +1,38 @@
+//! jwt-gate: a reverse-proxy sidecar that terminates GitLab's JWT login.
+//!
+//! Only a verified, first-use login reaches GitLab, with the identity it carries in
+//! headers; every other request streams through untouched. See README.md and DESIGN.md.
+
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod explain;
+pub mod login;
+pub mod proxy;
+pub mod replay;
+pub mod server;
+
+pub use config::Config;
+pub use server::{serve, App};
+
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Current unix time in whole seconds.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+static START: OnceLock<i64> = OnceLock::new();
+
+/// Unix time (seconds) at which this process first asked: call early in `main`.
+pub fn process_start() -> i64 {
+    *START.get_or_init(unix_now)
+}

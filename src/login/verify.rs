@@ -1,0 +1,422 @@
+//! The checks a callback token must pass, in order. Each failure is a [`Reject`] with a
+//! stable reason code (logs, pages, `explain`). GitLab's behaviour that each check mirrors
+//! or tightens is in shared/reference/gitlab-jwt-reference.md.
+
+use aws_lc_rs::digest;
+use http::header::HeaderName;
+use http::HeaderValue;
+use serde_json::{Map, Value};
+
+use super::encoding::b64url_decode_canonical_into;
+use super::json::{parse_object_lenient, parse_object_strict, JsonError};
+use super::keys::{Algorithm, VerifyKey};
+use crate::config::Config;
+
+/// GitLab: `token.bytesize >= 10_000` fails ("JWT must be less than 10KB").
+pub const MAX_TOKEN_BYTES: usize = 10_000;
+
+macro_rules! rejects {
+    ($($variant:ident => $code:literal, $what:literal;)*) => {
+        /// Why a token was refused. All of these answer 401.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum Reject { $($variant),* }
+        impl Reject {
+            /// Stable reason code.
+            pub fn code(&self) -> &'static str { match self { $(Reject::$variant => $code),* } }
+            /// A sentence for people (no token or claim values in it).
+            pub fn describe(&self) -> &'static str { match self { $(Reject::$variant => $what),* } }
+            pub const ALL_CODES: &'static [&'static str] = &[$($code),*];
+        }
+    };
+}
+
+rejects! {
+    TokenMissing => "token_missing", "the callback carried no jwt parameter";
+    TokenTooLarge => "token_too_large", "the token is 10,000 bytes or more";
+    JsonSerialization => "json_serialization", "JWS JSON serialisation is not accepted";
+    Jwe => "jwe_unsupported", "encrypted tokens (JWE) are not accepted";
+    Malformed => "malformed_token", "the token is not three dot-separated segments";
+    NonCanonical => "non_canonical_encoding", "a segment is not canonical base64url";
+    HeaderInvalid => "header_invalid", "the header is not a JSON object";
+    AlgMissing => "alg_missing", "the header has no alg";
+    AlgNone => "alg_none", "unsigned tokens (alg none) are never accepted";
+    AlgMismatch => "alg_mismatch", "the token's alg is not the configured algorithm";
+    CritUnsupported => "crit_unsupported", "the header marks extensions critical (crit)";
+    BadSignature => "bad_signature", "the signature does not verify";
+    DuplicateKey => "duplicate_key", "the header or payload repeats a key";
+    PayloadInvalid => "payload_invalid", "the payload is not a JSON object";
+    ExpInvalid => "exp_invalid", "exp is not a number";
+    Expired => "token_expired", "the token has expired (exp)";
+    NbfInvalid => "nbf_invalid", "nbf is not a number";
+    NotYetValid => "token_not_yet_valid", "the token is not valid yet (nbf)";
+    MissingClaim => "missing_claim", "a required claim is missing";
+    IatMissing => "iat_missing", "iat is required";
+    IatInvalid => "iat_invalid", "iat is not an integer";
+    IatInFuture => "iat_in_future", "iat lies too far in the future";
+    IatTooOld => "iat_too_old", "iat lies outside the valid_within window";
+    IssuedBeforeStart => "issued_before_start", "the token was issued before the gate started";
+    JtiMissing => "jti_missing", "jti is required";
+    JtiInvalid => "jti_invalid", "jti is not a non-empty string";
+    UidMissing => "uid_missing", "the uid claim is missing";
+    UidInvalid => "uid_invalid", "the uid claim is not a non-empty string";
+    ClaimInvalid => "claim_invalid", "an identity claim is not a string, number or boolean";
+    ControlCharacters => "claim_control_characters", "an identity claim contains control characters";
+}
+
+/// Names of the checks in order, as `explain` prints them.
+pub const STEPS: &[&str] = &[
+    "size",
+    "segments and encoding",
+    "header and alg",
+    "signature",
+    "payload and duplicate keys",
+    "exp / nbf",
+    "required claims",
+    "iat window",
+    "jti",
+    "uid claim",
+    "identity values",
+];
+
+/// Receives each passed step; `()` ignores them (the request path), `explain` prints them.
+pub trait Trace {
+    fn pass(&mut self, step: &'static str);
+}
+
+impl Trace for () {
+    #[inline(always)]
+    fn pass(&mut self, _: &'static str) {}
+}
+
+/// What the audit line may say about a token: never the token, never raw claim values
+/// beyond short, escaped `kid`/`iss`.
+#[derive(Debug, Default, Clone)]
+pub struct AuditInfo {
+    pub alg: Option<String>,
+    pub kid: Option<String>,
+    pub iss: Option<String>,
+    pub uid_hash: Option<String>,
+    pub jti_hash: Option<String>,
+}
+
+/// A token that passed every check (the replay store has not been asked yet).
+#[derive(Debug)]
+pub struct Verified {
+    pub uid: String,
+    /// Identity headers to add, uid header first.
+    pub identity: Vec<(HeaderName, HeaderValue)>,
+    /// Replay key: SHA-256 of issuer + jti, else of the signing input. Never the token.
+    pub replay_key: [u8; 32],
+    /// Unix time until which the token could still pass the time checks.
+    pub expires_at: i64,
+}
+
+/// Everything the checks need, built once from the config.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    pub alg: Algorithm,
+    key: VerifyKey,
+    uid_claim: String,
+    required_claims: Vec<String>,
+    user_header: HeaderName,
+    info_headers: Vec<(HeaderName, String)>,
+    valid_within: i64,
+    max_future_skew: i64,
+    require_jti: bool,
+    /// `reject_issued_before_start`: tokens with an earlier iat are refused.
+    pub not_issued_before: Option<i64>,
+}
+
+impl Verifier {
+    pub fn new(cfg: &Config, process_start: i64) -> Verifier {
+        Verifier {
+            alg: cfg.provider.algorithm,
+            key: cfg.provider.key.clone(),
+            uid_claim: cfg.provider.uid_claim.clone(),
+            required_claims: cfg.provider.required_claims.clone(),
+            user_header: cfg.gate.user_header.clone(),
+            info_headers: cfg.gate.info_headers.clone(),
+            valid_within: cfg.provider.valid_within as i64,
+            max_future_skew: cfg.gate.max_future_skew as i64,
+            require_jti: cfg.gate.require_jti,
+            not_issued_before: cfg
+                .replay
+                .reject_issued_before_start
+                .then_some(process_start),
+        }
+    }
+
+    /// Replace the key (hot reload keeps everything else).
+    pub fn with_key(&self, key: VerifyKey) -> Verifier {
+        Verifier {
+            key,
+            ..self.clone()
+        }
+    }
+
+    /// Run every check in order at time `now` (unix seconds).
+    pub fn verify<T: Trace>(
+        &self,
+        token: &str,
+        now: i64,
+        audit: &mut AuditInfo,
+        trace: &mut T,
+    ) -> Result<Verified, Reject> {
+        let tok = token.as_bytes();
+        // 1. size
+        if tok.is_empty() {
+            return Err(Reject::TokenMissing);
+        }
+        if tok.len() >= MAX_TOKEN_BYTES {
+            return Err(Reject::TokenTooLarge);
+        }
+        trace.pass(STEPS[0]);
+
+        // 2. three segments of canonical base64url
+        if tok[0] == b'{' {
+            return Err(Reject::JsonSerialization);
+        }
+        let dots: Vec<usize> = tok
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b == b'.')
+            .map(|(i, _)| i)
+            .take(5)
+            .collect();
+        match dots.len() {
+            2 => {}
+            4 => return Err(Reject::Jwe),
+            _ => return Err(Reject::Malformed),
+        }
+        let (h64, p64, s64) = (
+            &tok[..dots[0]],
+            &tok[dots[0] + 1..dots[1]],
+            &tok[dots[1] + 1..],
+        );
+        if h64.is_empty() || p64.is_empty() || s64.is_empty() {
+            return Err(Reject::Malformed);
+        }
+        let mut header = Vec::new();
+        let mut payload = Vec::new();
+        let mut sig = Vec::new();
+        b64url_decode_canonical_into(h64, &mut header).ok_or(Reject::NonCanonical)?;
+        b64url_decode_canonical_into(p64, &mut payload).ok_or(Reject::NonCanonical)?;
+        b64url_decode_canonical_into(s64, &mut sig).ok_or(Reject::NonCanonical)?;
+        trace.pass(STEPS[1]);
+
+        // 3. header: a JSON object whose alg is exactly the configured one
+        let (hdr, header_dup) = match parse_object_strict(&header) {
+            Ok(m) => (m, false),
+            Err(JsonError::DuplicateKey) => (
+                parse_object_lenient(&header).ok_or(Reject::HeaderInvalid)?,
+                true,
+            ),
+            Err(_) => return Err(Reject::HeaderInvalid),
+        };
+        audit.kid = hdr.get("kid").map(short_text);
+        let alg = match hdr.get("alg") {
+            Some(Value::String(a)) => a.as_str(),
+            _ => return Err(Reject::AlgMissing),
+        };
+        audit.alg = Some(sanitize(alg, 16));
+        if alg.eq_ignore_ascii_case("none") {
+            return Err(Reject::AlgNone);
+        }
+        if alg != self.alg.name() {
+            return Err(Reject::AlgMismatch);
+        }
+        // RFC 7515 §4.1.11: the gate understands no extension, so any crit is refused.
+        // jku/jwk/x5u/x5c are never acted on: the key is the configured one, nothing is fetched.
+        if hdr.contains_key("crit") {
+            return Err(Reject::CritUnsupported);
+        }
+        trace.pass(STEPS[2]);
+
+        // 4. signature over the exact signing input
+        if let Some(len) = self.alg.ecdsa_sig_len() {
+            if sig.len() != len {
+                return Err(Reject::BadSignature);
+            }
+        }
+        let signing_input = &tok[..dots[1]];
+        if !self.key.verify(signing_input, &sig) {
+            return Err(Reject::BadSignature);
+        }
+        trace.pass(STEPS[3]);
+
+        // 5. payload object; no duplicate keys anywhere
+        if header_dup {
+            return Err(Reject::DuplicateKey);
+        }
+        let claims = match parse_object_strict(&payload) {
+            Ok(m) => m,
+            Err(JsonError::DuplicateKey) => return Err(Reject::DuplicateKey),
+            Err(_) => return Err(Reject::PayloadInvalid),
+        };
+        audit.iss = claims.get("iss").map(short_text);
+        trace.pass(STEPS[4]);
+
+        // 6. exp / nbf (ruby-jwt: exp.to_i <= now expires; nbf.to_i > now is not yet valid)
+        let exp = match claims.get("exp") {
+            None => None,
+            Some(v) => Some(whole_seconds(v).ok_or(Reject::ExpInvalid)?),
+        };
+        if exp.is_some_and(|e| e <= now) {
+            return Err(Reject::Expired);
+        }
+        if let Some(v) = claims.get("nbf") {
+            let nbf = whole_seconds(v).ok_or(Reject::NbfInvalid)?;
+            if nbf > now {
+                return Err(Reject::NotYetValid);
+            }
+        }
+        trace.pass(STEPS[5]);
+
+        // 7. required claims: presence (GitLab: a null value passes)
+        if self.required_claims.iter().any(|c| !claims.contains_key(c)) {
+            return Err(Reject::MissingClaim);
+        }
+        trace.pass(STEPS[6]);
+
+        // 8. iat: required, an integer, inside the window, not from the future, not from
+        // before this process started (a restart must not reopen the replay window)
+        let iat = match claims.get("iat") {
+            None => return Err(Reject::IatMissing),
+            Some(v) => v.as_i64().ok_or(Reject::IatInvalid)?,
+        };
+        if iat > now.saturating_add(self.max_future_skew) {
+            return Err(Reject::IatInFuture);
+        }
+        if now.saturating_sub(iat) > self.valid_within {
+            return Err(Reject::IatTooOld);
+        }
+        if self.not_issued_before.is_some_and(|start| iat < start) {
+            return Err(Reject::IssuedBeforeStart);
+        }
+        trace.pass(STEPS[7]);
+
+        // 9. jti
+        let jti = match claims.get("jti") {
+            None if self.require_jti => return Err(Reject::JtiMissing),
+            None => None,
+            Some(Value::String(s)) if !s.is_empty() => Some(s.as_str()),
+            Some(_) => return Err(Reject::JtiInvalid),
+        };
+        trace.pass(STEPS[8]);
+
+        // 10. uid
+        let uid = match claims.get(&self.uid_claim) {
+            None => return Err(Reject::UidMissing),
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(_) => return Err(Reject::UidInvalid),
+        };
+        audit.uid_hash = Some(short_hash(uid.as_bytes()));
+        trace.pass(STEPS[9]);
+
+        // 11. identity values become headers: no control characters (header injection)
+        let mut identity = Vec::with_capacity(1 + self.info_headers.len());
+        identity.push((self.user_header.clone(), header_value(&uid)?));
+        for (name, claim) in &self.info_headers {
+            let text = match claims.get(claim) {
+                None | Some(Value::Null) => continue,
+                Some(Value::String(s)) => s.clone(),
+                Some(v @ (Value::Number(_) | Value::Bool(_))) => v.to_string(),
+                Some(_) => return Err(Reject::ClaimInvalid),
+            };
+            identity.push((name.clone(), header_value(&text)?));
+        }
+        trace.pass(STEPS[10]);
+
+        let replay_key = replay_key(&claims, jti, signing_input, audit);
+        let window_end = iat
+            .saturating_add(self.valid_within)
+            .saturating_add(self.max_future_skew);
+        let expires_at = exp.map_or(window_end, |e| e.max(window_end));
+        Ok(Verified {
+            uid,
+            identity,
+            replay_key,
+            expires_at,
+        })
+    }
+}
+
+/// Issuer + jti when there is a jti (a re-signed token with the same jti is the same
+/// login), else the signing input (ECDSA signatures are malleable, so never the signature).
+fn replay_key(
+    claims: &Map<String, Value>,
+    jti: Option<&str>,
+    signing_input: &[u8],
+    audit: &mut AuditInfo,
+) -> [u8; 32] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    match jti {
+        Some(jti) => {
+            audit.jti_hash = Some(short_hash(jti.as_bytes()));
+            let iss = match claims.get("iss") {
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => String::new(),
+            };
+            ctx.update(b"jti\0");
+            ctx.update(&(iss.len() as u64).to_be_bytes());
+            ctx.update(iss.as_bytes());
+            ctx.update(jti.as_bytes());
+        }
+        None => {
+            ctx.update(b"sig\0");
+            ctx.update(signing_input);
+        }
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// A JSON number as whole seconds, the way Ruby's `to_i` truncates (floor for positives).
+fn whole_seconds(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64().or_else(|| {
+            n.as_f64()
+                .map(|f| f.floor().clamp(i64::MIN as f64, i64::MAX as f64) as i64)
+        }),
+        _ => None,
+    }
+}
+
+fn header_value(text: &str) -> Result<HeaderValue, Reject> {
+    // C0 controls (CR, LF, NUL, TAB, ...) and DEL; non-ASCII text ("Zoë") is fine.
+    if text.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return Err(Reject::ControlCharacters);
+    }
+    HeaderValue::from_bytes(text.as_bytes()).map_err(|_| Reject::ControlCharacters)
+}
+
+/// First 8 bytes of SHA-256, hex: enough to correlate audit lines, not to recover a value.
+pub fn short_hash(data: &[u8]) -> String {
+    let d = digest::digest(&digest::SHA256, data);
+    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn short_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => sanitize(s, 64),
+        other => sanitize(&other.to_string(), 64),
+    }
+}
+
+/// Escape control characters and truncate: header fields are attacker-controlled.
+pub fn sanitize(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in s.chars().take(max) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if s.chars().count() > max {
+        out.push('…');
+    }
+    out
+}

@@ -1,0 +1,248 @@
+//! The `jwt-gate` command line: wiring only, no logic.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::net::TcpListener;
+
+use jwt_gate::{admin, config::Config, demo, explain, server};
+
+#[derive(Parser)]
+#[command(
+    name = "jwt-gate",
+    version,
+    about = "Reverse-proxy sidecar that terminates GitLab's JWT login"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    /// Log level or filter (e.g. `info`, `debug`, `jwt_gate::access=warn,info`); also JWT_GATE_LOG.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gate.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config file; list every problem, and what the gate enforces beyond GitLab.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run the gate in front of an embedded stand-in GitLab and sample identity provider.
+    Demo {
+        /// Where the gate listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+    /// Explain, check by check, whether a token would pass (token as argument or on stdin).
+    Explain {
+        #[arg(long, short)]
+        config: PathBuf,
+        token: Option<String>,
+    },
+}
+
+fn init_logging(format: LogFormat, level: Option<&str>) {
+    let filter = level
+        .map(str::to_string)
+        .or_else(|| std::env::var("JWT_GATE_LOG").ok())
+        .unwrap_or_else(|| "info".to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
+    match format {
+        LogFormat::Json => b.json().flatten_event(true).init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    jwt_gate::process_start();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Check { config } => check(&config),
+        Cmd::Explain { config, token } => explain_cmd(&config, token),
+        Cmd::Run { config } => {
+            init_logging(cli.log_format, cli.log_level.as_deref());
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+            };
+            runtime(|| run(cfg))
+        }
+        Cmd::Demo { listen } => {
+            init_logging(cli.log_format, cli.log_level.as_deref());
+            runtime(|| run_demo(listen))
+        }
+    }
+}
+
+fn runtime<F, Fut>(f: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(f()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("jwt-gate: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // without signal handlers, only the process being killed stops it
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+async fn run(cfg: Config) -> Result<(), String> {
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+    let listener = TcpListener::bind(cfg.listen.addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen.addr))?;
+    let admin_listener = match cfg.admin.addr {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .map_err(|e| format!("cannot listen on {a} (admin): {e}"))?,
+        ),
+        None => None,
+    };
+    let cfg = Arc::new(cfg);
+    let app = server::App::new(&cfg);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(l) = admin_listener {
+        let mut rx = stop_rx.clone();
+        tracing::info!(addr = %cfg.admin.addr.map(|a| a.to_string()).unwrap_or_default(), "admin listening");
+        tokio::spawn(admin::serve(l, cfg.clone(), app.clone(), async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }));
+    }
+    tracing::info!(addr = %cfg.listen.addr, upstream = %cfg.upstream.url, "jwt-gate listening");
+    let shutdown = async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    };
+    server::serve_app(listener, app, cfg, shutdown)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn run_demo(listen: String) -> Result<(), String> {
+    let listener = TcpListener::bind(&listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let gate_addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (addrs, config_text, _tasks) = demo::start(gate_addr).await.map_err(|e| e.to_string())?;
+    let cfg = Config::from_toml_str(&config_text).map_err(|e| e.to_string())?;
+    println!("jwt-gate demo");
+    println!(
+        "  open            http://{}/            (GitLab stand-in, through the gate)",
+        addrs.gate
+    );
+    println!("  identity prov.  http://{}/login", addrs.idp);
+    println!(
+        "  stand-in GitLab http://{} (direct; do not use)",
+        addrs.gitlab
+    );
+    println!("Sign in with JWT, then open the same callback link again to see the replay refused. Ctrl-C stops.");
+    let cfg = Arc::new(cfg);
+    let app = server::App::new(&cfg);
+    server::serve_app(listener, app, cfg, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(cfg) => {
+            println!("configuration OK: {}", path.display());
+            println!("the gate enforces, beyond GitLab:");
+            for line in jwt_gate::config::beyond_gitlab(&cfg) {
+                println!("  - {line}");
+            }
+            for w in &cfg.warnings {
+                println!("warning: {w}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn explain_cmd(path: &std::path::Path, token: Option<String>) -> ExitCode {
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let token = match token {
+        Some(t) if t != "-" => t,
+        _ => {
+            let mut s = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut s) {
+                eprintln!("cannot read the token from stdin: {e}");
+                return ExitCode::from(2);
+            }
+            s
+        }
+    };
+    let (report, ok) = explain::explain(&cfg, &token, jwt_gate::unix_now());
+    print!("{report}");
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}

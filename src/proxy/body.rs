@@ -1,0 +1,168 @@
+//! Body types: requests and responses stream through without being buffered, except the
+//! callback's small form body, which the gate has read and verified.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Method;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What goes upstream: the client's body, streamed and counted, or a verified, buffered one.
+pub enum ReqBody {
+    Stream(Incoming, Arc<AtomicU64>),
+    Full(Option<Bytes>),
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ReqBody::Stream(b, counter) => match Pin::new(b).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => {
+                    if let Some(d) = f.data_ref() {
+                        counter.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    }
+                    Poll::Ready(Some(Ok(f)))
+                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+            ReqBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Stream(b, _) => b.is_end_stream(),
+            ReqBody::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Stream(b, _) => b.size_hint(),
+            ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}
+
+/// What goes back to the client: the upstream's body, streamed, or a page of the gate's.
+pub enum RespBody {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl RespBody {
+    pub fn empty() -> RespBody {
+        RespBody::Full(None)
+    }
+}
+
+/// One access-log line, written when the response body is finished or dropped (so it
+/// carries the bytes actually sent). The path only: the query may hold a token.
+pub struct AccessLog {
+    pub method: Method,
+    pub path: String,
+    pub client: SocketAddr,
+    pub status: u16,
+    pub start: Instant,
+    pub upstream: Option<Duration>,
+    pub req_bytes: Option<Arc<AtomicU64>>,
+    pub req_bytes_fixed: u64,
+    pub reason: Option<&'static str>,
+}
+
+/// A response body that counts what it sends and writes the access log when done.
+pub struct Logged {
+    inner: RespBody,
+    log: Option<Box<AccessLog>>,
+    sent: u64,
+}
+
+impl Logged {
+    pub fn new(inner: RespBody, log: AccessLog) -> Logged {
+        Logged {
+            inner,
+            log: Some(Box::new(log)),
+            sent: 0,
+        }
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if let Some(l) = self.log.take() {
+            let req_bytes = l
+                .req_bytes
+                .as_ref()
+                .map_or(l.req_bytes_fixed, |c| c.load(Ordering::Relaxed));
+            tracing::info!(
+                target: "jwt_gate::access",
+                method = %l.method,
+                path = %l.path,
+                status = l.status,
+                bytes_in = req_bytes,
+                bytes_out = self.sent,
+                total_ms = l.start.elapsed().as_secs_f64() * 1e3,
+                upstream_ms = l.upstream.map_or(-1.0, |d| d.as_secs_f64() * 1e3),
+                client = %l.client,
+                reason = l.reason.unwrap_or("-"),
+            );
+        }
+    }
+}
+
+impl Body for Logged {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let r = match &mut this.inner {
+            RespBody::Upstream(b) => match Pin::new(b).poll_frame(cx) {
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BoxError::from(e)))),
+                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+            RespBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+        };
+        if let Poll::Ready(Some(Ok(f))) = &r {
+            if let Some(d) = f.data_ref() {
+                this.sent += d.len() as u64;
+            }
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            RespBody::Upstream(b) => b.is_end_stream(),
+            RespBody::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            RespBody::Upstream(b) => b.size_hint(),
+            RespBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Header rules applied to every forwarded request and response.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+/// RFC 9110 §7.6.1: hop-by-hop fields, plus the legacy ones proxies still see.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+];
+
+/// Remove hop-by-hop fields: `Connection` and every field it names, the fixed list above,
+/// and `Upgrade` unless the message is an upgrade being tunnelled (then `Connection:
+/// upgrade` and `Upgrade` are set again by the caller).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            if !(keep_upgrade && n == header::UPGRADE) {
+                headers.remove(&n);
+            }
+        }
+    }
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Is this an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`)?
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Matches identity header names the way Rack sees them: case-insensitive, `_` equal to `-`
+/// (Rack maps `X_Auth_Request_User` and `X-Auth-Request-User` onto one variable).
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders {
+    /// Lower-cased prefixes with `_` folded to `-` (always includes `x-auth-request-`).
+    prefixes: Vec<Vec<u8>>,
+    /// Lower-cased exact names with `_` folded to `-`.
+    names: Vec<Vec<u8>>,
+}
+
+fn fold(b: u8) -> u8 {
+    match b {
+        b'_' => b'-',
+        b => b.to_ascii_lowercase(),
+    }
+}
+
+fn folded(s: &str) -> Vec<u8> {
+    s.bytes().map(fold).collect()
+}
+
+impl IdentityHeaders {
+    pub fn new(prefix: &str, names: &[&HeaderName]) -> IdentityHeaders {
+        let mut prefixes = vec![b"x-auth-request-".to_vec()];
+        let p = folded(prefix);
+        if !prefixes.contains(&p) {
+            prefixes.push(p);
+        }
+        IdentityHeaders {
+            prefixes,
+            names: names.iter().map(|n| folded(n.as_str())).collect(),
+        }
+    }
+
+    pub fn matches(&self, name: &HeaderName) -> bool {
+        let n = name.as_str().as_bytes();
+        let eq_folded = |pat: &[u8], s: &[u8]| s.iter().zip(pat).all(|(&a, &b)| fold(a) == b);
+        self.prefixes
+            .iter()
+            .any(|p| n.len() >= p.len() && eq_folded(p, &n[..p.len()]))
+            || self
+                .names
+                .iter()
+                .any(|p| n.len() == p.len() && eq_folded(p, n))
+    }
+
+    /// Remove every client-sent identity header.
+    pub fn strip(&self, headers: &mut HeaderMap) {
+        let doomed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| self.matches(k))
+            .cloned()
+            .collect();
+        for k in doomed {
+            headers.remove(k);
+        }
+    }
+}
+
+static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+static XRI: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Set X-Forwarded-For/-Proto/-Host and X-Real-IP from the accepted connection. From an
+/// untrusted peer, what the client sent is replaced (and `Forwarded` dropped); from a
+/// trusted proxy, the peer is appended to X-Forwarded-For and the client's -Proto/-Host kept.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    proto: &'static str,
+    host: Option<HeaderValue>,
+    trusted: &[IpNet],
+) {
+    let peer_trusted = trusted.iter().any(|n| n.contains(&peer));
+    let peer_text = peer.to_string();
+    if peer_trusted {
+        let mut chain: Vec<String> = headers
+            .get_all(&XFF)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        chain.push(peer_text.clone());
+        // the client is the right-most address that is not one of our trusted proxies
+        let real = chain
+            .iter()
+            .rev()
+            .find(|a| {
+                a.parse::<IpAddr>()
+                    .map(|ip| !trusted.iter().any(|n| n.contains(&ip)))
+                    .unwrap_or(true)
+            })
+            .cloned()
+            .unwrap_or_else(|| peer_text.clone());
+        if let Ok(v) = HeaderValue::from_str(&chain.join(", ")) {
+            headers.insert(&XFF, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&real) {
+            headers.insert(&XRI, v);
+        }
+        if !headers.contains_key(&XFP) {
+            headers.insert(&XFP, HeaderValue::from_static(proto));
+        }
+        if !headers.contains_key(&XFH) {
+            if let Some(h) = host {
+                headers.insert(&XFH, h);
+            }
+        }
+    } else {
+        headers.remove(header::FORWARDED);
+        // an IP address always makes a valid header value
+        if let Ok(v) = HeaderValue::from_str(&peer_text) {
+            headers.insert(&XFF, v.clone());
+            headers.insert(&XRI, v);
+        }
+        headers.insert(&XFP, HeaderValue::from_static(proto));
+        match host {
+            Some(h) => {
+                headers.insert(&XFH, h);
+            }
+            None => {
+                headers.remove(&XFH);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_headers_and_fixed_list_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["x-keep"]);
+    }
+
+    #[test]
+    fn identity_names_match_with_underscores_and_any_case() {
+        let user = HeaderName::from_static("x-remote-user");
+        let id = IdentityHeaders::new("X-Auth-Request-", &[&user]);
+        for n in [
+            "x-auth-request-user",
+            "x_auth_request_email",
+            "x-auth_request-anything",
+            "x_remote_user",
+            "x-remote-user",
+        ] {
+            assert!(
+                id.matches(&HeaderName::from_bytes(n.as_bytes()).unwrap()),
+                "{n}"
+            );
+        }
+        for n in ["x-auth-requestuser", "x-remote-username", "authorization"] {
+            assert!(
+                !id.matches(&HeaderName::from_bytes(n.as_bytes()).unwrap()),
+                "{n}"
+            );
+        }
+    }
+
+    #[test]
+    fn forwarded_headers_are_replaced_for_untrusted_and_appended_for_trusted() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        set_forwarded(
+            &mut h,
+            "10.0.0.9".parse().unwrap(),
+            "http",
+            Some(HeaderValue::from_static("gl.example")),
+            &[],
+        );
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        assert_eq!(h["x-real-ip"], "10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "gl.example");
+
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.7, 10.1.1.1"),
+        );
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        set_forwarded(&mut h, "10.0.0.9".parse().unwrap(), "http", None, &trusted);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.7, 10.1.1.1, 10.0.0.9");
+        assert_eq!(h["x-real-ip"], "203.0.113.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+}

@@ -1,0 +1,191 @@
+//! Forwarding to the upstream (GitLab Workhorse or GitLab's nginx). Knows nothing of JWTs.
+//!
+//! One shared, pooled hyper client (keep-alive, TCP_NODELAY, bounded idle pool); bodies
+//! stream both ways with hyper's backpressure; upgrades are tunnelled only after the
+//! upstream answered 101.
+
+pub mod body;
+pub mod headers;
+pub mod pages;
+
+use std::error::Error as _;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{request, Request, Response, StatusCode, Uri, Version};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use ipnet::IpNet;
+
+use body::{ReqBody, RespBody};
+use headers::IdentityHeaders;
+
+use crate::config::Config;
+
+pub struct Proxy {
+    client: Client<HttpConnector, ReqBody>,
+    scheme: Scheme,
+    authority: Authority,
+    response_header_timeout: Duration,
+    trusted: Vec<IpNet>,
+    pub identity: IdentityHeaders,
+}
+
+/// What happened upstream, for the access log.
+pub struct Forwarded {
+    pub response: Response<RespBody>,
+    pub upstream: Option<Duration>,
+    pub reason: Option<&'static str>,
+}
+
+impl Proxy {
+    pub fn new(cfg: &Config) -> Proxy {
+        let mut conn = HttpConnector::new();
+        conn.set_nodelay(true);
+        conn.set_connect_timeout(Some(cfg.upstream.connect_timeout));
+        conn.set_keepalive(Some(Duration::from_secs(60)));
+        conn.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(cfg.upstream.pool_idle_timeout)
+            .pool_max_idle_per_host(cfg.upstream.pool_max_idle_per_host)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(conn);
+        let mut names = vec![&cfg.gate.user_header];
+        names.extend(cfg.gate.info_headers.iter().map(|(h, _)| h));
+        Proxy {
+            client,
+            scheme: cfg.upstream.url.scheme().cloned().unwrap_or(Scheme::HTTP),
+            authority: cfg
+                .upstream
+                .url
+                .authority()
+                .cloned()
+                .unwrap_or_else(|| Authority::from_static("127.0.0.1")),
+            response_header_timeout: cfg.upstream.response_header_timeout,
+            trusted: cfg.listen.trusted_proxies.clone(),
+            identity: IdentityHeaders::new(&cfg.gate.identity_header_prefix, &names),
+        }
+    }
+
+    /// Apply the header rules to a request about to go upstream: identity headers out,
+    /// hop-by-hop out, X-Forwarded-* set, Host from an absolute-form target, the target
+    /// rewritten to the upstream.
+    pub fn prepare(&self, parts: &mut request::Parts, peer: SocketAddr, upgrade: bool) {
+        self.identity.strip(&mut parts.headers);
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        // RFC 9112 §3.2.2: with an absolute-form target the Host field is ignored and
+        // replaced by the target's authority (HTTP/2's :authority likewise).
+        if let Some(a) = parts.uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+        let host = parts.headers.get(header::HOST).cloned();
+        headers::set_forwarded(&mut parts.headers, peer.ip(), "http", host, &self.trusted);
+        let pq = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut b = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build();
+        if let Ok(uri) = b.as_mut() {
+            std::mem::swap(&mut parts.uri, uri);
+        }
+        parts.version = Version::HTTP_11;
+    }
+
+    /// Send a prepared request. With `client_upgrade`, a 101 answer opens a tunnel between
+    /// the client's and the upstream's connections.
+    pub async fn send(
+        &self,
+        req: Request<ReqBody>,
+        client_upgrade: Option<OnUpgrade>,
+    ) -> Forwarded {
+        let t0 = Instant::now();
+        let fut = self.client.request(req);
+        let result = tokio::time::timeout(self.response_header_timeout, fut).await;
+        let elapsed = Some(t0.elapsed());
+        let mut resp = match result {
+            Err(_) => return error_page(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", elapsed),
+            Ok(Err(e)) => {
+                let (status, reason) = classify_error(&e);
+                tracing::warn!(target: "jwt_gate::upstream", error = %e, source = ?e.source(), reason, "upstream request failed");
+                return error_page(status, reason, elapsed);
+            }
+            Ok(Ok(r)) => r,
+        };
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching {
+            let Some(client_up) = client_upgrade else {
+                return error_page(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_unexpected_upgrade",
+                    elapsed,
+                );
+            };
+            let upstream_up = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_up, upstream_up) {
+                    Ok((c, u)) => {
+                        let mut c = TokioIo::new(c);
+                        let mut u = TokioIo::new(u);
+                        let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                    }
+                    Err(e) => {
+                        tracing::debug!(target: "jwt_gate::upstream", error = %e, "upgrade failed")
+                    }
+                }
+            });
+        }
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, switching);
+        Forwarded {
+            response: Response::from_parts(parts, RespBody::Upstream(body)),
+            upstream: elapsed,
+            reason: None,
+        }
+    }
+}
+
+fn error_page(status: StatusCode, reason: &'static str, upstream: Option<Duration>) -> Forwarded {
+    let detail = match status {
+        StatusCode::GATEWAY_TIMEOUT => "GitLab did not answer in time. Try again in a moment.",
+        _ => "The gate could not reach GitLab. Try again in a moment.",
+    };
+    Forwarded {
+        response: pages::page(status, reason, detail, None),
+        upstream,
+        reason: Some(reason),
+    }
+}
+
+/// 504 for timeouts (connect included), 502 for everything else (refused, reset, bad
+/// response).
+fn classify_error(e: &hyper_util::client::legacy::Error) -> (StatusCode, &'static str) {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = e.source();
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return (StatusCode::GATEWAY_TIMEOUT, "upstream_connect_timeout");
+            }
+        }
+        if s.to_string().contains("timed out") {
+            return (StatusCode::GATEWAY_TIMEOUT, "upstream_connect_timeout");
+        }
+        src = s.source();
+    }
+    if e.is_connect() {
+        (StatusCode::BAD_GATEWAY, "upstream_unreachable")
+    } else {
+        (StatusCode::BAD_GATEWAY, "upstream_bad_response")
+    }
+}

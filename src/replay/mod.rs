@@ -1,0 +1,56 @@
+//! Single-use tokens: a store that checks and records a replay key in one atomic step.
+//!
+//! Nothing is recorded before the token's signature verified (a forged token carrying a
+//! victim's jti must not burn it), and an entry lives until the token could no longer pass
+//! the time checks.
+
+pub mod memory;
+
+use std::future::Future;
+use std::pin::Pin;
+
+/// Result of a check-and-record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// First use: recorded now.
+    Fresh,
+    /// Seen before and still live.
+    Replayed,
+}
+
+/// Why the store could not prove a login unused. Both fail closed (503).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("replay store is full")]
+    Full,
+    #[error("replay store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::Full => "replay_store_full",
+            StoreError::Unavailable(_) => "replay_store_unavailable",
+        }
+    }
+}
+
+pub type StoreFuture<'a> = Pin<Box<dyn Future<Output = Result<Recorded, StoreError>> + Send + 'a>>;
+
+pub trait ReplayStore: Send + Sync + 'static {
+    /// Atomically: if `key` is recorded and live at `now`, `Replayed`; else record it until
+    /// `expires_at` (unix seconds) and answer `Fresh`.
+    fn check_and_record<'a>(
+        &'a self,
+        key: &'a [u8; 32],
+        expires_at: i64,
+        now: i64,
+    ) -> StoreFuture<'a>;
+    /// Live entries (approximately, for metrics and readiness).
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn kind(&self) -> &'static str;
+}
