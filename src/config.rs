@@ -590,7 +590,18 @@ fn read_provider(
         (None, Some(f)) => {
             let p = base.join(&f);
             match std::fs::read(&p) {
-                Ok(b) => (Some(b), SecretSource::File(p)),
+                Ok(mut b) => {
+                    // A file made with `echo` or `kubectl create secret --from-file` ends in a
+                    // newline that GitLab's inline `secret` string never has: drop exactly one.
+                    if algorithm.is_some_and(|a| a.family() == crate::login::keys::Family::Hmac) {
+                        if b.ends_with(b"\r\n") {
+                            b.truncate(b.len() - 2);
+                        } else if b.ends_with(b"\n") {
+                            b.truncate(b.len() - 1);
+                        }
+                    }
+                    (Some(b), SecretSource::File(p))
+                }
                 Err(e) => {
                     s.err("secret_file", format!("{}: {e}", p.display()));
                     (None, SecretSource::File(p))
@@ -801,5 +812,26 @@ mod tests {
         );
         assert_eq!(c.gate.callback_path, "/gitlab/users/auth/jwt/callback");
         assert_eq!(c.gate.sign_in_path, "/gitlab/users/sign_in");
+    }
+
+    #[test]
+    fn hmac_secret_file_loses_exactly_one_trailing_newline() {
+        let dir = std::env::temp_dir().join(format!("jwt-gate-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("secret");
+        std::fs::write(&f, format!("{SECRET}\n")).unwrap();
+        let text = format!(
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[provider]\nsecret_file = \"{}\"\n",
+            f.display()
+        );
+        let c = Config::from_toml_str(&text).expect("valid");
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, SECRET.as_bytes());
+        let tag = aws_lc_rs::hmac::sign(&key, b"input");
+        assert!(c.provider.key.verify(b"input", tag.as_ref()));
+        // two newlines: only one is dropped, so the key differs
+        std::fs::write(&f, format!("{SECRET}\n\n")).unwrap();
+        let c = Config::from_toml_str(&text).expect("valid");
+        assert!(!c.provider.key.verify(b"input", tag.as_ref()));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -66,9 +66,12 @@ fn init_logging(format: LogFormat, level: Option<&str>) {
         .unwrap_or_else(|| "info".to_string());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // colours only on a terminal: escape codes in `kubectl logs` or a journal are noise
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(true);
+        .with_target(true)
+        .with_ansi(ansi);
     match format {
         LogFormat::Json => b.json().flatten_event(true).init(),
         LogFormat::Text => b.init(),

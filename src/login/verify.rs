@@ -420,3 +420,156 @@ pub fn sanitize(s: &str, max: usize) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::login::encoding::b64url_encode;
+
+    const SECRET: &str = "unit-secret-0123456789abcdefghijklmn";
+    const NOW: i64 = 1_800_000_000;
+
+    fn verifier(extra: &str) -> Verifier {
+        let text = format!(
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\n[provider]\nsecret = \"{SECRET}\"\n{extra}"
+        );
+        let cfg = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        Verifier::new(&cfg, NOW - 1000)
+    }
+
+    fn sign(header: &str, payload: &str) -> String {
+        let input = format!(
+            "{}.{}",
+            b64url_encode(header.as_bytes()),
+            b64url_encode(payload.as_bytes())
+        );
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, SECRET.as_bytes());
+        let tag = aws_lc_rs::hmac::sign(&key, input.as_bytes());
+        format!("{input}.{}", b64url_encode(tag.as_ref()))
+    }
+
+    fn check(v: &Verifier, token: &str) -> Result<Verified, Reject> {
+        v.verify(token, NOW, &mut AuditInfo::default(), &mut ())
+    }
+
+    const H: &str = r#"{"alg":"HS256"}"#;
+
+    #[test]
+    fn a_good_token_yields_identity_and_a_ttl_covering_the_window() {
+        let v = verifier("");
+        let t = sign(H, &format!(r#"{{"name":"N","email":"e@x","iat":{NOW}}}"#));
+        let ok = check(&v, &t).unwrap();
+        assert_eq!(ok.uid, "e@x");
+        let names: Vec<&str> = ok.identity.iter().map(|(h, _)| h.as_str()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "x-auth-request-user",
+                "x-auth-request-name",
+                "x-auth-request-email"
+            ]
+        );
+        // iat + valid_within + max_future_skew
+        assert_eq!(ok.expires_at, NOW + 300 + 60);
+        // a later exp extends it; an earlier one does not shorten it
+        let t = sign(
+            H,
+            &format!(
+                r#"{{"name":"N","email":"e@x","iat":{NOW},"exp":{}}}"#,
+                NOW + 5000
+            ),
+        );
+        assert_eq!(check(&v, &t).unwrap().expires_at, NOW + 5000);
+        let t = sign(
+            H,
+            &format!(
+                r#"{{"name":"N","email":"e@x","iat":{NOW},"exp":{}}}"#,
+                NOW + 10
+            ),
+        );
+        assert_eq!(check(&v, &t).unwrap().expires_at, NOW + 360);
+    }
+
+    #[test]
+    fn the_signature_is_checked_before_any_claim() {
+        let v = verifier("");
+        // expired, missing claims, and a bad signature: the signature is what is reported
+        let t = sign(H, &format!(r#"{{"exp":{}}}"#, NOW - 10));
+        // change the last character of the 32-byte tag to another canonical one ('A' or 'E':
+        // its low two bits are unused and must stay zero)
+        let last = if t.ends_with('A') { 'E' } else { 'A' };
+        let forged = format!("{}{last}", &t[..t.len() - 1]);
+        assert_eq!(check(&v, &forged).unwrap_err(), Reject::BadSignature);
+        assert_eq!(check(&v, &t).unwrap_err(), Reject::Expired);
+    }
+
+    #[test]
+    fn time_boundaries_match_ruby_jwt_and_the_window() {
+        let v = verifier("");
+        let tok = |extra: &str| {
+            sign(
+                H,
+                &format!(r#"{{"name":"N","email":"e@x","iat":{NOW}{extra}}}"#),
+            )
+        };
+        assert_eq!(
+            check(&v, &tok(&format!(r#","exp":{NOW}"#))).unwrap_err(),
+            Reject::Expired
+        );
+        assert!(check(&v, &tok(&format!(r#","exp":{}"#, NOW + 1))).is_ok());
+        // ruby's to_i truncates: 1.9 seconds past now is still "now + 1"
+        assert!(check(&v, &tok(&format!(r#","exp":{}.9"#, NOW))).is_err());
+        assert!(check(&v, &tok(&format!(r#","nbf":{NOW}"#))).is_ok());
+        assert_eq!(
+            check(&v, &tok(&format!(r#","nbf":{}"#, NOW + 1))).unwrap_err(),
+            Reject::NotYetValid
+        );
+        let at = |iat: i64| sign(H, &format!(r#"{{"name":"N","email":"e@x","iat":{iat}}}"#));
+        assert!(check(&v, &at(NOW - 300)).is_ok());
+        assert_eq!(check(&v, &at(NOW - 301)).unwrap_err(), Reject::IatTooOld);
+        assert!(check(&v, &at(NOW + 60)).is_ok());
+        assert_eq!(check(&v, &at(NOW + 61)).unwrap_err(), Reject::IatInFuture);
+        assert_eq!(check(&v, &at(NOW - 1001)).unwrap_err(), Reject::IatTooOld);
+        let v = verifier("valid_within = 5000\n");
+        assert_eq!(
+            check(&v, &at(NOW - 1001)).unwrap_err(),
+            Reject::IssuedBeforeStart
+        );
+        assert!(check(&v, &at(NOW - 1000)).is_ok());
+    }
+
+    #[test]
+    fn null_required_claims_pass_like_gitlab_but_a_null_uid_does_not() {
+        let v = verifier("");
+        let t = sign(H, &format!(r#"{{"name":null,"email":"e@x","iat":{NOW}}}"#));
+        let ok = check(&v, &t).unwrap();
+        assert_eq!(ok.identity.len(), 2, "a null info claim adds no header");
+        let t = sign(H, &format!(r#"{{"name":"N","email":null,"iat":{NOW}}}"#));
+        assert_eq!(check(&v, &t).unwrap_err(), Reject::UidInvalid);
+    }
+
+    #[test]
+    fn replay_keys_follow_jti_and_issuer_not_the_token_text() {
+        let v = verifier("");
+        let key = |p: &str| check(&v, &sign(H, p)).unwrap().replay_key;
+        let a = key(&format!(
+            r#"{{"name":"N","email":"e@x","iat":{NOW},"jti":"j"}}"#
+        ));
+        let b = key(&format!(
+            r#"{{"name":"M","email":"e@x","iat":{},"jti":"j"}}"#,
+            NOW - 5
+        ));
+        let c = key(&format!(
+            r#"{{"name":"N","email":"e@x","iat":{NOW},"jti":"j","iss":"other"}}"#
+        ));
+        let d = key(&format!(r#"{{"name":"N","email":"e@x","iat":{NOW}}}"#));
+        let e = key(&format!(
+            r#"{{"name":"N","email":"e@x","iat":{}}}"#,
+            NOW - 1
+        ));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(d, e);
+        assert_ne!(a, d);
+    }
+}

@@ -146,10 +146,8 @@ async fn handle_upstream(
                 let (mut tx, mut rx) = ws.split();
                 use futures_util::SinkExt;
                 while let Some(Ok(msg)) = rx.next().await {
-                    if msg.is_text() || msg.is_binary() {
-                        if tx.send(msg).await.is_err() {
-                            break;
-                        }
+                    if (msg.is_text() || msg.is_binary()) && tx.send(msg).await.is_err() {
+                        break;
                     }
                 }
             }

@@ -1,0 +1,424 @@
+//! The real `jwt-gate` binary: `check`, `explain`, `run` (streaming in flat memory, audit
+//! lines without tokens, SIGTERM drain) and `demo`.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use futures_util::StreamExt;
+use http::Request;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use serde_json::json;
+
+/// A well-formed HS256 token signed with a key the gate does not know.
+fn foreign(claims: &serde_json::Value) -> String {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    encode(
+        &Header::default(),
+        claims,
+        &EncodingKey::from_secret(&[b'f'; 40]),
+    )
+    .unwrap()
+}
+
+fn run_check(path: &std::path::Path) -> (i32, String) {
+    let out = Command::new(gate_bin())
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn check_accepts_the_example_config_and_lists_every_error_of_a_broken_one() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/jwt-gate.toml");
+    let (code, text) = run_check(&example);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("configuration OK"));
+    assert!(text.contains("single use"), "{text}");
+
+    let dir = TempDir::new("check");
+    let no_window = dir.write(
+        "ok.toml",
+        &format!(
+            "[upstream]\nurl = \"http://127.0.0.1:8181\"\n[provider]\nsecret = \"{SECRET}\"\n"
+        ),
+    );
+    let (code, text) = run_check(&no_window);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("valid_within is unset in GitLab"), "{text}");
+
+    let broken = dir.write(
+        "broken.toml",
+        "[listen]\naddr = \"0.0.0.0\"\n[upstream]\nurl = \"gitlab\"\n[provider]\nalgorithm = \"RS1\"\nsecret_file = \"/nonexistent/key.pem\"\nvalid_within = 0\n[gate]\nrequire_jit = true\n[replay]\nstore = \"tape\"\n",
+    );
+    let (code, text) = run_check(&broken);
+    assert_eq!(code, 1, "{text}");
+    for key in [
+        "listen.addr",
+        "upstream.url",
+        "provider.algorithm",
+        "provider.valid_within",
+        "gate.require_jit",
+        "replay.store",
+    ] {
+        assert!(text.contains(key), "{key} missing from:\n{text}");
+    }
+}
+
+#[test]
+fn explain_prints_every_check_and_the_decoded_token() {
+    let dir = TempDir::new("explain");
+    let cfg = dir.write("c.toml", &format!("[upstream]\nurl = \"http://127.0.0.1:8181\"\n[provider]\nsecret = \"{SECRET}\"\nvalid_within = 300\n"));
+    let good = hs256(&json!({"name": "Ann", "email": "ann@x", "iat": now()}));
+    let out = Command::new(gate_bin())
+        .args(["explain", "--config"])
+        .arg(&cfg)
+        .arg(&good)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("[pass] signature") && text.contains("[pass] identity values"),
+        "{text}"
+    );
+    assert!(text.contains("\"email\": \"ann@x\""), "{text}");
+    assert!(text.contains("x-auth-request-user: ann@x"), "{text}");
+    assert!(text.contains("result: ACCEPTED"));
+
+    // bad signature, token on stdin
+    let bad = foreign(&json!({"name": "Ann", "email": "ann@x", "iat": now()}));
+    let mut child = Command::new(gate_bin())
+        .args(["explain", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(bad.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("[pass] header and alg"), "{text}");
+    assert!(text.contains("[FAIL] signature: bad_signature"), "{text}");
+    assert!(
+        text.contains("(not reached)") && text.contains("result: REJECTED (401"),
+        "{text}"
+    );
+}
+
+/// Start `jwt-gate run` on free ports in front of `up`; returns the child and its address.
+async fn run_gate(
+    dir: &TempDir,
+    up: std::net::SocketAddr,
+    extra: &str,
+) -> (Bin, std::net::SocketAddr, std::path::PathBuf) {
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let cfg = dir.write(
+        "gate.toml",
+        &format!("[listen]\naddr = \"{addr}\"\n[admin]\naddr = \"127.0.0.1:{}\"\n[upstream]\nurl = \"http://{up}\"\n[provider]\nsecret = \"{SECRET}\"\n{extra}", free_port()),
+    );
+    let log = dir.0.join("gate.log");
+    let logf = std::fs::File::create(&log).unwrap();
+    let child = Command::new(gate_bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(logf.try_clone().unwrap())
+        .stderr(logf)
+        .spawn()
+        .unwrap();
+    let bin = Bin(child);
+    wait_listening(addr).await;
+    (bin, addr, log)
+}
+
+fn sigterm(bin: &Bin) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &bin.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+#[tokio::test]
+async fn a_gigabyte_streams_both_ways_in_flat_memory() {
+    let up = Upstream::start().await;
+    let dir = TempDir::new("stream");
+    let (bin, addr, _) = run_gate(&dir, up.addr, "").await;
+    let pid = bin.0.id();
+    const GIB: u64 = 1 << 30;
+    let idle = rss_kib(pid);
+
+    let sampler = {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s2 = stop.clone();
+        let h = std::thread::spawn(move || {
+            let mut max = 0;
+            while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+                max = max.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            max
+        });
+        (stop, h)
+    };
+
+    // download: count bytes as they arrive, never holding them
+    let resp = client()
+        .request(
+            Request::get(format!("http://{addr}/big/{GIB}"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut got = 0u64;
+    while let Some(f) = body.frame().await {
+        if let Some(d) = f.unwrap().data_ref() {
+            got += d.len() as u64;
+        }
+    }
+    assert_eq!(got, GIB);
+
+    // upload: a generated stream; the upstream counts without keeping it
+    let chunk = Bytes::from(vec![b'u'; 256 * 1024]);
+    let stream = futures_util::stream::iter(0..(GIB / chunk.len() as u64))
+        .map(move |_| Ok::<_, std::convert::Infallible>(Frame::data(chunk.clone())));
+    let up_client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let resp = up_client
+        .request(
+            Request::post(format!("http://{addr}/upload"))
+                .body(StreamBody::new(stream))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let text = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(String::from_utf8_lossy(&text), GIB.to_string());
+
+    sampler.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.1.join().unwrap();
+    eprintln!("gate RSS: idle {idle} KiB, peak while streaming 2 GiB {peak} KiB");
+    assert!(idle > 0 && peak > 0, "could not read the gate's RSS");
+    assert!(
+        peak < idle + 48 * 1024,
+        "RSS grew from {idle} KiB to {peak} KiB: bodies are being buffered"
+    );
+    assert_eq!(
+        up.seen()
+            .iter()
+            .find(|s| s.target == "/upload")
+            .map(|s| s.body_len),
+        Some(GIB)
+    );
+}
+
+#[tokio::test]
+async fn audit_and_access_logs_never_contain_a_token_and_sigterm_drains() {
+    let up = Upstream::start().await;
+    let dir = TempDir::new("logs");
+    let (bin, addr, log) = run_gate(&dir, up.addr, "").await;
+    let good = hs256(&claims("logged@x"));
+    let forged = foreign(&claims("forged@x"));
+    let base = format!("http://{addr}/users/auth/jwt/callback?jwt=");
+    assert_eq!(get(&format!("{base}{good}")).await.status, 200);
+    assert_eq!(
+        get(&format!("{base}{good}")).await.reason(),
+        Some("replayed")
+    );
+    assert_eq!(get(&format!("{base}{forged}")).await.status, 401);
+    assert_eq!(
+        get(&format!("http://{addr}/explore?private_token=abc123"))
+            .await
+            .status,
+        200
+    );
+
+    // an in-flight request survives SIGTERM
+    let slow = tokio::spawn(async move { get(&format!("http://{addr}/slow/700")).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sigterm(&bin);
+    let got = slow.await.unwrap();
+    assert_eq!(got.status, 200, "SIGTERM cut off an in-flight request");
+    let mut bin = bin;
+    let status = tokio::task::spawn_blocking(move || bin.0.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    let logs = std::fs::read_to_string(&log).unwrap();
+    for secret in [
+        good.as_str(),
+        good.split('.').nth(2).unwrap(),
+        good.split('.').nth(1).unwrap(),
+        forged.split('.').nth(2).unwrap(),
+        "abc123",
+        "logged@x",
+    ] {
+        assert!(
+            !logs.contains(secret),
+            "the log contains {secret:?}:\n{logs}"
+        );
+    }
+    assert_eq!(logs.matches("login decision").count(), 3, "{logs}");
+    assert!(
+        logs.contains("outcome=\"forwarded\"") || logs.contains("outcome=forwarded"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("replayed") && logs.contains("bad_signature"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("path=/explore") && logs.contains("path=/users/auth/jwt/callback"),
+        "{logs}"
+    );
+    assert!(logs.contains("all connections drained"), "{logs}");
+}
+
+#[tokio::test]
+async fn json_logs_are_json_lines() {
+    let up = Upstream::start().await;
+    let dir = TempDir::new("json");
+    let port = free_port();
+    let cfg = dir.write("gate.toml", &format!("[listen]\naddr = \"127.0.0.1:{port}\"\n[admin]\naddr = \"\"\n[upstream]\nurl = \"http://{}\"\n[provider]\nsecret = \"{SECRET}\"\n", up.addr));
+    let out = dir.0.join("out.log");
+    let f = std::fs::File::create(&out).unwrap();
+    let child = Command::new(gate_bin())
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&cfg)
+        .stdout(f)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let bin = Bin(child);
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_listening(addr).await;
+    get(&format!("http://{addr}/users/auth/jwt/callback?jwt=nope")).await;
+    sigterm(&bin);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = std::fs::read_to_string(&out).unwrap();
+    let audit: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "jwt_gate::audit")
+        .collect();
+    assert_eq!(audit.len(), 1, "{text}");
+    assert_eq!(audit[0]["reason"], "malformed_token");
+    assert_eq!(audit[0]["outcome"], "rejected");
+}
+
+#[tokio::test]
+async fn admin_health_and_readiness_follow_the_upstream() {
+    let up = Upstream::start().await;
+    let dir = TempDir::new("admin");
+    let admin_port = free_port();
+    let gate_port = free_port();
+    let cfg = dir.write("gate.toml", &format!("[listen]\naddr = \"127.0.0.1:{gate_port}\"\n[admin]\naddr = \"127.0.0.1:{admin_port}\"\n[upstream]\nurl = \"http://{}\"\n[provider]\nsecret = \"{SECRET}\"\n", up.addr));
+    let _bin = Bin(Command::new(gate_bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+    wait_listening(format!("127.0.0.1:{admin_port}").parse().unwrap()).await;
+    let admin = |p: &str| format!("http://127.0.0.1:{admin_port}{p}");
+    assert_eq!(get(&admin("/healthz")).await.status, 200);
+    let ready = get(&admin("/readyz")).await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert!(ready.text().contains("replay store: memory"));
+    // the public listener does not serve the admin endpoints: they go upstream
+    get(&format!("http://127.0.0.1:{gate_port}/healthz")).await;
+    assert_eq!(
+        up.seen().last().map(|s| s.target.clone()),
+        Some("/healthz".to_string())
+    );
+    drop(up);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ready = get(&admin("/readyz")).await;
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert_eq!(get(&admin("/healthz")).await.status, 200);
+}
+
+#[tokio::test]
+async fn demo_signs_in_through_the_sample_idp_and_refuses_the_replay() {
+    let port = free_port();
+    let child = Command::new(gate_bin())
+        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let bin = Bin(child);
+    let gate: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_listening(gate).await;
+    let c = client();
+    let home = get(&format!("http://{gate}/")).await;
+    assert!(home.text().contains("Sign in with JWT"));
+    // the sign-in button posts to /users/auth/jwt, which redirects to the IdP
+    let r = send(
+        &c,
+        Request::post(format!("http://{gate}/users/auth/jwt"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 302);
+    let idp = r.headers["location"].to_str().unwrap().to_string();
+    assert!(get(&idp).await.text().contains("Who are you?"));
+    // the IdP mints a token and redirects to the gate's callback
+    let r = send(
+        &c,
+        Request::post(&idp)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from(
+                "name=Zo%C3%AB+Demo&email=zoe%40demo.example",
+            )))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 302);
+    let cb = r.headers["location"].to_str().unwrap().to_string();
+    assert!(
+        cb.starts_with(&format!("http://{gate}/users/auth/jwt/callback?jwt=")),
+        "{cb}"
+    );
+    let page = get(&cb).await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert!(
+        page.text().contains("Signed in as zoe@demo.example"),
+        "{}",
+        page.text()
+    );
+    assert!(page.text().contains("Zoë Demo"));
+    let again = get(&cb).await;
+    assert_eq!(
+        (again.status.as_u16(), again.reason()),
+        (401, Some("replayed"))
+    );
+    drop(bin);
+}
