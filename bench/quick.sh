@@ -14,6 +14,7 @@ done
 cargo build --release --quiet --bin jwt-gate --example mint_tokens
 BIN=target/release/jwt-gate
 work=$(mktemp -d)
+chmod 755 "$work"   # nginx workers (www-data) must read the files
 trap 'kill $(jobs -p) 2>/dev/null || true; [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null; rm -rf "$work"' EXIT
 ORIGIN=127.0.0.1:18180; GATE=127.0.0.1:18443
 SECRET=bench-secret-0123456789abcdefghijklmnop
@@ -50,14 +51,19 @@ idle_rss=$(awk '/VmRSS/ {print $2}' /proc/$gate_pid/status)
 cpu_ticks() { awk '{print $14 + $15}' /proc/$1/stat; }
 hz=$(getconf CLK_TCK)
 
-run() { # name url [lua]
-  local name=$1 url=$2 lua=${3:-}
+run() { # name url [lua] [non-2xx expected: yes]
+  local name=$1 url=$2 lua=${3:-} non2xx_ok=${4:-}
   local args=(-t1 -c"$CONNS" -d"${DURATION}s" --latency)
   [ -n "$lua" ] && args+=(-s "$lua")
   taskset -c 1 wrk -t1 -c"$CONNS" -d2s "${url}" >/dev/null 2>&1 || true   # warm-up
   local t0; t0=$(cpu_ticks $gate_pid)
   local out; out=$(taskset -c 1 wrk "${args[@]}" "$url")
   local t1; t1=$(cpu_ticks $gate_pid)
+  if [ -z "$non2xx_ok" ] && echo "$out" | grep -q "Non-2xx"; then
+    echo "$name: the target answered non-2xx responses; the numbers would be meaningless:" >&2
+    echo "$out" >&2
+    exit 1
+  fi
   local rps p50 p99 reqs
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   reqs=$(echo "$out" | awk '/requests in/ {print $1}')
@@ -81,5 +87,6 @@ run "direct /small" "http://$ORIGIN/small"
 run "gate /small" "http://$GATE/small"
 run "direct /1m.bin" "http://$ORIGIN/1m.bin"
 run "gate /1m.bin" "http://$GATE/1m.bin"
-run "gate callback, replayed" "http://$GATE/users/auth/jwt/callback?jwt=$replayed"
+run "gate callback, replayed (401)" "http://$GATE/users/auth/jwt/callback?jwt=$replayed" "" yes
+TOKENS=$TOKENS run "direct callback, fresh tokens" "http://$ORIGIN" bench/walk.lua
 TOKENS=$TOKENS run "gate callback, fresh tokens" "http://$GATE" bench/walk.lua

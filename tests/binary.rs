@@ -58,6 +58,28 @@ fn check_accepts_the_example_config_and_lists_every_error_of_a_broken_one() {
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("valid_within is unset in GitLab"), "{text}");
 
+    // a private key works, with a warning that the public key alone would do
+    openssl(
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            "rsa.pem",
+        ],
+        &dir.0,
+    );
+    let private = dir.write("private.toml", "[upstream]\nurl = \"http://127.0.0.1:8181\"\n[provider]\nalgorithm = \"RS256\"\nsecret_file = \"rsa.pem\"\nvalid_within = 60\n");
+    let (code, text) = run_check(&private);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("warning: provider.secret holds a private key"),
+        "{text}"
+    );
+    assert!(!text.contains("valid_within is unset"), "{text}");
+
     let broken = dir.write(
         "broken.toml",
         "[listen]\naddr = \"0.0.0.0\"\n[upstream]\nurl = \"gitlab\"\n[provider]\nalgorithm = \"RS1\"\nsecret_file = \"/nonexistent/key.pem\"\nvalid_within = 0\n[gate]\nrequire_jit = true\n[replay]\nstore = \"tape\"\n",

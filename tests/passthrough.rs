@@ -311,3 +311,34 @@ fn established_connections_to(port: u16) -> usize {
         })
         .count()
 }
+
+#[tokio::test]
+async fn an_upstream_that_resets_or_answers_garbage_is_502() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for (behaviour, reason) in [
+        ("reset", "upstream_bad_response"),
+        ("garbage", "upstream_bad_response"),
+    ] {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                if behaviour == "garbage" {
+                    let _ = s.write_all(b"NOT-HTTP garbage\r\n\r\n").await;
+                } else {
+                    let _ = s.set_linger(Some(Duration::ZERO));
+                }
+                drop(s);
+            }
+        });
+        let gate = Gate::start(&config_text(addr, &hs256_provider())).await;
+        let got = get(&gate.url("/api/v4/version")).await;
+        assert_eq!(
+            (got.status.as_u16(), got.reason()),
+            (502, Some(reason)),
+            "{behaviour}"
+        );
+    }
+}

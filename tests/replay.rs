@@ -403,3 +403,32 @@ async fn a_full_store_fails_closed_while_other_traffic_flows() {
         "pass-through must keep flowing"
     );
 }
+
+#[tokio::test]
+async fn expired_entries_are_swept_so_a_full_store_recovers() {
+    let up = Upstream::start().await;
+    // entries live until iat + valid_within + max_future_skew = iat + 1 s
+    let extra = "valid_within = 1\n[gate]\nmax_future_skew = 0\n[replay]\nmax_entries = 1\nsweep_interval = 0.2\n";
+    let gate = Gate::start(&config_text(
+        up.addr,
+        &format!("{}{extra}", hs256_provider()),
+    ))
+    .await;
+    let first = hs256(&json!({"name": "N", "email": "a@x", "iat": now()}));
+    assert_eq!(get(&callback(&gate, &first)).await.status, 200);
+    let got = get(&callback(
+        &gate,
+        &hs256(&json!({"name": "N", "email": "b@x", "iat": now()})),
+    ))
+    .await;
+    assert_eq!(got.reason(), Some("replay_store_full"));
+    // after the entry expired and a sweep ran, there is room again
+    tokio::time::sleep(std::time::Duration::from_millis(2600)).await;
+    let got = get(&callback(
+        &gate,
+        &hs256(&json!({"name": "N", "email": "c@x", "iat": now()})),
+    ))
+    .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(up.callbacks().len(), 2);
+}

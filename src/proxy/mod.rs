@@ -52,6 +52,9 @@ impl Proxy {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(cfg.upstream.pool_idle_timeout)
             .pool_max_idle_per_host(cfg.upstream.pool_max_idle_per_host)
+            // bounds each upstream connection's read buffer (hyper grows it adaptively up to
+            // ~400 KB by default): large downloads then cost 64 KiB a connection, not 400
+            .http1_max_buf_size(64 * 1024)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(conn);
