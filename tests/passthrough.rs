@@ -328,7 +328,7 @@ async fn an_upstream_that_resets_or_answers_garbage_is_502() {
                 if behaviour == "garbage" {
                     let _ = s.write_all(b"NOT-HTTP garbage\r\n\r\n").await;
                 } else {
-                    let _ = s.set_linger(Some(Duration::ZERO));
+                    let _ = s.set_zero_linger(); // close with RST
                 }
                 drop(s);
             }
