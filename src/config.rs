@@ -42,6 +42,25 @@ pub struct ListenConfig {
     pub max_header_bytes: usize,
     pub max_uri_bytes: usize,
     pub drain_timeout: Duration,
+    /// TLS termination; `None` serves plain HTTP.
+    pub tls: Option<ListenTls>,
+    /// An optional plain-HTTP listener that only redirects to https (308).
+    pub http_redirect_addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenTls {
+    pub files: crate::tls::ServerFiles,
+    /// How often the certificate, key and CA files are re-read.
+    pub reload_interval: Duration,
+    /// `Strict-Transport-Security: max-age=N` on every response when > 0.
+    pub hsts_max_age: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    pub ca: Option<PathBuf>,
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +79,10 @@ pub struct UpstreamConfig {
     pub response_header_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
+    /// Set for `https://` upstreams.
+    pub tls: Option<UpstreamTls>,
+    /// Speak HTTP/2 to the upstream (ALPN over TLS, prior knowledge over plain HTTP).
+    pub http2: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -99,6 +122,8 @@ pub struct GateConfig {
     pub info_headers: Vec<(HeaderName, String)>,
     pub max_callback_body: usize,
     pub callback_body_timeout: Duration,
+    /// How often `provider.secret_file` is re-read (it also reloads on SIGHUP).
+    pub key_reload_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -150,9 +175,9 @@ impl Config {
         let replay_t = top.table("replay");
         top.finish();
 
-        let listen = read_listen(&listen_t, &mut errs);
+        let listen = read_listen(&listen_t, base, &mut errs);
         let admin = read_admin(&admin_t, &mut errs);
-        let upstream = read_upstream(&upstream_t, &mut errs);
+        let upstream = read_upstream(&upstream_t, base, &mut errs);
         let gate_raw = read_gate(&gate_t, &mut errs);
         let provider = read_provider(&provider_t, base, &gate_raw, &mut errs, &mut warnings);
         let replay = read_replay(&replay_t, &mut errs);
@@ -189,6 +214,21 @@ impl Config {
             warnings,
         })
     }
+}
+
+/// Read `provider.secret_file`. For HS* secrets, exactly one trailing newline is dropped: a
+/// file made with `echo` or `kubectl create secret --from-file` ends in a newline that
+/// GitLab's inline `secret` string never has.
+pub fn read_secret_file(path: &Path, alg: Option<Algorithm>) -> std::io::Result<Vec<u8>> {
+    let mut b = std::fs::read(path)?;
+    if alg.is_some_and(|a| a.family() == crate::login::keys::Family::Hmac) {
+        if b.ends_with(b"\r\n") {
+            b.truncate(b.len() - 2);
+        } else if b.ends_with(b"\n") {
+            b.truncate(b.len() - 1);
+        }
+    }
+    Ok(b)
 }
 
 /// What the gate enforces beyond GitLab's own JWT strategy for this configuration
@@ -331,7 +371,7 @@ impl<'a> Section<'a> {
     }
 }
 
-fn read_listen(t: &Table, errs: &mut Vec<String>) -> Option<ListenConfig> {
+fn read_listen(t: &Table, base: &Path, errs: &mut Vec<String>) -> Option<ListenConfig> {
     let mut s = Section::new("listen", t, errs);
     let addr: String = s.get("addr", "0.0.0.0:8443".to_string());
     let addr = match addr.parse::<SocketAddr>() {
@@ -363,14 +403,36 @@ fn read_listen(t: &Table, errs: &mut Vec<String>) -> Option<ListenConfig> {
     }
     let max_uri_bytes = s.positive("max_uri_bytes", 16 * 1024, 1024 * 1024) as usize;
     let drain_timeout = s.secs("drain_timeout", 30.0);
-    if s.raw("tls").is_some() {
-        s.err(
-            "tls",
-            "TLS termination is not available in this build yet; terminate TLS in front of the gate",
-        );
-    }
+    let redirect: Option<String> = s.opt("http_redirect_addr");
+    let http_redirect_addr = match redirect.as_deref() {
+        None | Some("") => None,
+        Some(a) => match a.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                s.err(
+                    "http_redirect_addr",
+                    format!("not an ip:port address: {a:?}"),
+                );
+                None
+            }
+        },
+    };
+    let tls_t = s.raw("tls").cloned();
     s.finish();
+    let tls = match tls_t {
+        None => None,
+        Some(Value::Table(t)) => read_listen_tls(&t, base, errs),
+        Some(_) => {
+            errs.push("listen.tls: expected a table".into());
+            None
+        }
+    };
+    if http_redirect_addr.is_some() && tls.is_none() {
+        errs.push("listen.http_redirect_addr: only makes sense with [listen.tls]".into());
+    }
     Some(ListenConfig {
+        tls,
+        http_redirect_addr,
         addr: addr?,
         trusted_proxies,
         header_read_timeout,
@@ -378,6 +440,39 @@ fn read_listen(t: &Table, errs: &mut Vec<String>) -> Option<ListenConfig> {
         max_header_bytes,
         max_uri_bytes,
         drain_timeout,
+    })
+}
+
+fn read_listen_tls(t: &Table, base: &Path, errs: &mut Vec<String>) -> Option<ListenTls> {
+    let mut s = Section::new("listen.tls", t, errs);
+    let cert: Option<String> = s.opt("cert");
+    let key: Option<String> = s.opt("key");
+    let client_ca: Option<String> = s.opt("client_ca");
+    let reload_interval = s.secs("reload_interval", 5.0);
+    let hsts: i64 = s.get("hsts_max_age", 0);
+    if hsts < 0 {
+        s.err("hsts_max_age", "must be 0 (off) or a number of seconds");
+    }
+    if cert.is_none() {
+        s.err("cert", "required with [listen.tls] (PEM, full chain)");
+    }
+    if key.is_none() {
+        s.err("key", "required with [listen.tls] (PEM)");
+    }
+    s.finish();
+    let files = crate::tls::ServerFiles {
+        cert: base.join(cert?),
+        key: base.join(key?),
+        client_ca: client_ca.map(|c| base.join(c)),
+    };
+    if let Err(e) = crate::tls::server_config(&files) {
+        errs.push(format!("listen.tls: {e}"));
+        return None;
+    }
+    Some(ListenTls {
+        files,
+        reload_interval,
+        hsts_max_age: hsts.max(0) as u64,
     })
 }
 
@@ -403,13 +498,17 @@ fn read_admin(t: &Table, errs: &mut Vec<String>) -> Option<AdminConfig> {
     })
 }
 
-fn read_upstream(t: &Table, errs: &mut Vec<String>) -> Option<UpstreamConfig> {
+fn read_upstream(t: &Table, base: &Path, errs: &mut Vec<String>) -> Option<UpstreamConfig> {
     let mut s = Section::new("upstream", t, errs);
     let url: Option<String> = s.opt("url");
     let connect_timeout = s.secs("connect_timeout", 5.0);
     let response_header_timeout = s.secs("response_header_timeout", 300.0);
     let pool_idle_timeout = s.secs("pool_idle_timeout", 90.0);
     let pool_max_idle_per_host = s.positive("pool_max_idle_per_host", 256, 65_536) as usize;
+    let http2 = s.get("http2", false);
+    let ca: Option<String> = s.opt("ca");
+    let client_cert: Option<String> = s.opt("client_cert");
+    let client_key: Option<String> = s.opt("client_key");
     let parsed = match url {
         None => {
             s.err("url", "required (e.g. \"http://127.0.0.1:8181\")");
@@ -417,34 +516,73 @@ fn read_upstream(t: &Table, errs: &mut Vec<String>) -> Option<UpstreamConfig> {
         }
         Some(u) => {
             match u.parse::<http::Uri>() {
-                Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("http") | Some("https"))
+                        && uri.authority().is_some() =>
+                {
                     let path = uri.path();
                     if path != "/" && !path.is_empty() || uri.query().is_some() {
                         s.err("url", "must be scheme://host:port only; the request path is forwarded as it came");
                         None
                     } else {
                         let auth = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+                        let default_port = if uri.scheme_str() == Some("https") {
+                            443
+                        } else {
+                            80
+                        };
                         let authority = if uri.port_u16().is_some() {
                             auth.to_string()
                         } else {
-                            format!("{auth}:80")
+                            format!("{auth}:{default_port}")
                         };
                         Some((uri, authority))
                     }
                 }
-                Ok(uri) if uri.scheme_str() == Some("https") => {
-                    s.err("url", "https upstreams are not available in this build yet; use http:// (GitLab Workhorse on :8181 speaks plain HTTP)");
-                    None
-                }
                 _ => {
-                    s.err("url", format!("not an http:// URL: {u:?}"));
+                    s.err("url", format!("not an http:// or https:// URL: {u:?}"));
                     None
                 }
             }
         }
     };
+    let https = parsed
+        .as_ref()
+        .is_some_and(|(u, _)| u.scheme_str() == Some("https"));
+    let client_pair = match (client_cert, client_key) {
+        (Some(c), Some(k)) => Some((base.join(c), base.join(k))),
+        (None, None) => None,
+        _ => {
+            s.err("client_cert", "client_cert and client_key go together");
+            None
+        }
+    };
+    let ca = ca.map(|c| base.join(c));
+    if !https && (ca.is_some() || client_pair.is_some()) {
+        s.err("ca", "ca, client_cert and client_key need an https:// url");
+    }
+    let tls = if https {
+        let pair = client_pair
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path()));
+        match crate::tls::client_config(ca.as_deref(), pair, http2) {
+            Ok(_) => Some(UpstreamTls {
+                ca,
+                client_cert: client_pair,
+            }),
+            Err(e) => {
+                s.err("ca", e);
+                None
+            }
+        }
+    } else {
+        None
+    };
     s.finish();
     let (url, authority) = parsed?;
+    if https && tls.is_none() {
+        return None;
+    }
     Some(UpstreamConfig {
         url,
         authority,
@@ -452,6 +590,8 @@ fn read_upstream(t: &Table, errs: &mut Vec<String>) -> Option<UpstreamConfig> {
         response_header_timeout,
         pool_idle_timeout,
         pool_max_idle_per_host,
+        tls,
+        http2,
     })
 }
 
@@ -465,6 +605,7 @@ struct GateRaw {
     identity_header_prefix: String,
     max_callback_body: usize,
     callback_body_timeout: Duration,
+    key_reload_interval: Duration,
 }
 
 fn read_gate(t: &Table, errs: &mut Vec<String>) -> GateRaw {
@@ -499,8 +640,10 @@ fn read_gate(t: &Table, errs: &mut Vec<String>) -> GateRaw {
     }
     let max_callback_body = s.positive("max_callback_body", 16 * 1024, 1024 * 1024) as usize;
     let callback_body_timeout = s.secs("callback_body_timeout", 10.0);
+    let key_reload_interval = s.secs("key_reload_interval", 5.0);
     s.finish();
     GateRaw {
+        key_reload_interval,
         callback_path,
         sign_in_path,
         require_jti,
@@ -589,19 +732,8 @@ fn read_provider(
         (Some(v), None) => (Some(v.into_bytes()), SecretSource::Inline),
         (None, Some(f)) => {
             let p = base.join(&f);
-            match std::fs::read(&p) {
-                Ok(mut b) => {
-                    // A file made with `echo` or `kubectl create secret --from-file` ends in a
-                    // newline that GitLab's inline `secret` string never has: drop exactly one.
-                    if algorithm.is_some_and(|a| a.family() == crate::login::keys::Family::Hmac) {
-                        if b.ends_with(b"\r\n") {
-                            b.truncate(b.len() - 2);
-                        } else if b.ends_with(b"\n") {
-                            b.truncate(b.len() - 1);
-                        }
-                    }
-                    (Some(b), SecretSource::File(p))
-                }
+            match read_secret_file(&p, algorithm) {
+                Ok(b) => (Some(b), SecretSource::File(p)),
                 Err(e) => {
                     s.err("secret_file", format!("{}: {e}", p.display()));
                     (None, SecretSource::File(p))
@@ -681,6 +813,7 @@ fn finish_gate(g: GateRaw, p: &ProviderConfig, errs: &mut Vec<String>) -> GateCo
         info_headers,
         max_callback_body: g.max_callback_body,
         callback_body_timeout: g.callback_body_timeout,
+        key_reload_interval: g.key_reload_interval,
     }
 }
 

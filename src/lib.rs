@@ -14,8 +14,10 @@ pub mod demo;
 pub mod explain;
 pub mod login;
 pub mod proxy;
+pub mod redirect;
 pub mod replay;
 pub mod server;
+pub mod tls;
 
 pub use config::Config;
 pub use server::{serve, App};

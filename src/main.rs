@@ -51,6 +51,12 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
     },
+    /// Write a development CA, a localhost server certificate and a client certificate.
+    DevCert {
+        /// Directory for ca.crt, ca.key, tls.crt, tls.key, client.crt, client.key.
+        #[arg(long, default_value = "certs/dev")]
+        dir: PathBuf,
+    },
     /// Explain, check by check, whether a token would pass (token as argument or on stdin).
     Explain {
         #[arg(long, short)]
@@ -83,6 +89,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Check { config } => check(&config),
+        Cmd::DevCert { dir } => {
+            match jwt_gate::tls::write_dev_certs(&dir) {
+                Ok(files) => {
+                    for f in files {
+                        println!("wrote {}", f.display());
+                    }
+                    println!("Trust ca.crt in your browser or client; never use these files in production.");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("jwt-gate dev-cert: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Cmd::Explain { config, token } => explain_cmd(&config, token),
         Cmd::Run { config } => {
             init_logging(cli.log_format, cli.log_level.as_deref());
@@ -142,6 +163,22 @@ async fn shutdown_signal() {
     }
 }
 
+/// SIGHUP re-reads the TLS files and the JWT key file now, changed or not.
+fn spawn_sighup_reload(app: Arc<server::App>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; files are still polled");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!(target: "jwt_gate::reload", "SIGHUP received: reloading");
+            let app = app.clone();
+            let _ = tokio::task::spawn_blocking(move || app.reload(true)).await;
+        }
+    });
+}
+
 async fn run(cfg: Config) -> Result<(), String> {
     for w in &cfg.warnings {
         tracing::warn!("{w}");
@@ -158,7 +195,9 @@ async fn run(cfg: Config) -> Result<(), String> {
         None => None,
     };
     let cfg = Arc::new(cfg);
-    let app = server::App::new(&cfg);
+    let app = server::App::new(&cfg)?;
+    app.spawn_reloader(server::reload_interval(&cfg));
+    spawn_sighup_reload(app.clone());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     if let Some(l) = admin_listener {
         let mut rx = stop_rx.clone();
@@ -196,7 +235,7 @@ async fn run_demo(listen: String) -> Result<(), String> {
     );
     println!("Sign in with JWT, then open the same callback link again to see the replay refused. Ctrl-C stops.");
     let cfg = Arc::new(cfg);
-    let app = server::App::new(&cfg);
+    let app = server::App::new(&cfg)?;
     server::serve_app(listener, app, cfg, shutdown_signal())
         .await
         .map_err(|e| e.to_string())

@@ -19,7 +19,13 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use http::HeaderValue;
+
+use crate::config::{Config, SecretSource};
+use crate::login::keys::{Algorithm, VerifyKey};
 use crate::login::route::{classify, Route};
 use crate::login::LoginGate;
 use crate::proxy::body::{AccessLog, Logged, ReqBody};
@@ -27,31 +33,133 @@ use crate::proxy::pages::page;
 use crate::proxy::Proxy;
 use crate::replay::memory::MemoryStore;
 use crate::replay::ReplayStore;
+use crate::tls::ServerTls;
 
 /// Everything a request needs, shared by all connections.
 pub struct App {
     pub proxy: Proxy,
     pub gate: LoginGate,
+    pub tls: Option<Arc<ServerTls>>,
     callback_path: String,
     max_uri_bytes: usize,
+    hsts: Option<HeaderValue>,
+    key_file: Option<KeyFile>,
+}
+
+/// `provider.secret_file`, watched for changes.
+struct KeyFile {
+    path: std::path::PathBuf,
+    alg: Algorithm,
+    allow_weak: bool,
+    digest: Mutex<Vec<u8>>,
 }
 
 impl App {
     /// Build the app (and start the replay store's sweeper). Needs a tokio runtime.
-    pub fn new(cfg: &Config) -> Arc<App> {
+    pub fn new(cfg: &Config) -> Result<Arc<App>, String> {
+        crate::tls::install_default_provider();
         let store = MemoryStore::new(cfg.replay.max_entries);
         store.spawn_sweeper(cfg.replay.sweep_interval);
         let store: Arc<dyn ReplayStore> = store;
-        Arc::new(App {
-            proxy: Proxy::new(cfg),
+        let tls = match &cfg.listen.tls {
+            Some(t) => Some(Arc::new(ServerTls::new(t.files.clone())?)),
+            None => None,
+        };
+        let hsts = cfg
+            .listen
+            .tls
+            .as_ref()
+            .filter(|t| t.hsts_max_age > 0)
+            .and_then(|t| HeaderValue::from_str(&format!("max-age={}", t.hsts_max_age)).ok());
+        let key_file = match &cfg.provider.secret_source {
+            SecretSource::File(path) => Some(KeyFile {
+                path: path.clone(),
+                alg: cfg.provider.algorithm,
+                allow_weak: cfg.gate.allow_weak_secret,
+                digest: Mutex::new(file_digest(path)),
+            }),
+            SecretSource::Inline => None,
+        };
+        Ok(Arc::new(App {
+            proxy: Proxy::new(cfg)?,
             gate: LoginGate::new(cfg, store, crate::process_start()),
+            tls,
             callback_path: cfg.gate.callback_path.clone(),
             max_uri_bytes: cfg.listen.max_uri_bytes,
-        })
+            hsts,
+            key_file,
+        }))
+    }
+
+    /// Re-read the TLS files and the JWT key file; apply what changed and parses. With
+    /// `force` (SIGHUP), rebuild even when nothing seems to have changed. A file that fails
+    /// to parse keeps the last good version and is logged.
+    pub fn reload(&self, force: bool) {
+        if let Some(tls) = &self.tls {
+            match tls.reload_if_changed(force) {
+                None => {}
+                Some(Ok(())) => {
+                    tracing::info!(target: "jwt_gate::reload", "TLS certificate reloaded")
+                }
+                Some(Err(e)) => {
+                    tracing::error!(target: "jwt_gate::reload", error = %e, "TLS reload failed; keeping the previous certificate")
+                }
+            }
+        }
+        if let Some(k) = &self.key_file {
+            let d = file_digest(&k.path);
+            {
+                let mut last = k.digest.lock().unwrap_or_else(|p| p.into_inner());
+                if !force && *last == d {
+                    return;
+                }
+                *last = d;
+            }
+            let loaded = crate::config::read_secret_file(&k.path, Some(k.alg))
+                .map_err(|e| e.to_string())
+                .and_then(|m| VerifyKey::load(k.alg, &m, k.allow_weak));
+            match loaded {
+                Ok((key, _)) => {
+                    self.gate.set_key(key);
+                    tracing::info!(target: "jwt_gate::reload", path = %k.path.display(), "JWT verification key reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(target: "jwt_gate::reload", path = %k.path.display(), error = %e, "JWT key reload failed; keeping the previous key")
+                }
+            }
+        }
+    }
+
+    /// Poll the watched files every `every` until the app is dropped.
+    pub fn spawn_reloader(self: &Arc<Self>, every: Duration) {
+        if self.tls.is_none() && self.key_file.is_none() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(app) = weak.upgrade() else { return };
+                // file reads are small and rare, but keep them off the request workers' path
+                let _ = tokio::task::spawn_blocking(move || app.reload(false)).await;
+            }
+        });
     }
 
     /// One request, start to finish. Never fails: every outcome is a response.
-    pub async fn handle(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Logged> {
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Logged> {
+        let mut resp = self.handle_inner(req, peer).await;
+        if let Some(h) = &self.hsts {
+            resp.headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, h.clone());
+        }
+        resp
+    }
+
+    async fn handle_inner(&self, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Logged> {
         let start = Instant::now();
         let mut log = AccessLog {
             method: req.method().clone(),
@@ -166,7 +274,8 @@ pub async fn serve<F>(
 where
     F: Future<Output = ()> + Send,
 {
-    let app = App::new(&config);
+    let app = App::new(&config).map_err(std::io::Error::other)?;
+    app.spawn_reloader(reload_interval(&config));
     serve_app(listener, app, config, shutdown).await
 }
 
@@ -194,8 +303,20 @@ where
         .timer(TokioTimer::new())
         .max_concurrent_streams(128)
         .max_pending_accept_reset_streams(Some(32))
-        .max_header_list_size(config.listen.max_header_bytes as u32);
+        .max_header_list_size(config.listen.max_header_bytes as u32)
+        .max_local_error_reset_streams(Some(256))
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
     let graceful = GracefulShutdown::new();
+    let tls = app.tls.clone();
+    let handshake_timeout = config.listen.header_read_timeout;
+    if let Some(addr) = config.listen.http_redirect_addr {
+        let https_port = config.listen.addr.port();
+        let callback = config.gate.callback_path.clone();
+        let l = TcpListener::bind(addr).await?;
+        tracing::info!(%addr, "plain-HTTP redirect listener");
+        tokio::spawn(crate::redirect::serve(l, https_port, callback));
+    }
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -215,13 +336,42 @@ where
                     let app = app.clone();
                     async move { Ok::<_, Infallible>(app.handle(req, peer).await) }
                 });
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn.into_owned());
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(target: "jwt_gate::conn", error = %e, client = %peer, "connection ended with an error");
+                match &tls {
+                    None => {
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                        let conn = graceful.watch(conn.into_owned());
+                        tokio::spawn(async move {
+                            if let Err(e) = conn.await {
+                                tracing::debug!(target: "jwt_gate::conn", error = %e, client = %peer, "connection ended with an error");
+                            }
+                        });
                     }
-                });
+                    Some(tls) => {
+                        // the handshake runs in the connection's own task, bounded in time;
+                        // each new handshake takes the current (possibly reloaded) config
+                        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+                        let builder = builder.clone();
+                        let watcher = graceful.watcher();
+                        let deadline = handshake_timeout;
+                        tokio::spawn(async move {
+                            let stream = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(target: "jwt_gate::tls", error = %e, client = %peer, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(target: "jwt_gate::tls", client = %peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                                tracing::debug!(target: "jwt_gate::conn", error = %e, client = %peer, "connection ended with an error");
+                            }
+                        });
+                    }
+                }
             }
             _ = &mut shutdown => break,
         }
@@ -236,4 +386,21 @@ where
         _ = tokio::time::sleep(config.listen.drain_timeout) => tracing::warn!("drain deadline reached; closing remaining connections"),
     }
     Ok(())
+}
+
+/// How often watched files are polled: the shorter of the TLS and key intervals.
+pub fn reload_interval(cfg: &Config) -> Duration {
+    let key = cfg.gate.key_reload_interval;
+    cfg.listen
+        .tls
+        .as_ref()
+        .map_or(key, |t| t.reload_interval.min(key))
+}
+
+fn file_digest(path: &std::path::Path) -> Vec<u8> {
+    let d = match std::fs::read(path) {
+        Ok(b) => aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &b),
+        Err(_) => aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"\0missing"),
+    };
+    d.as_ref().to_vec()
 }

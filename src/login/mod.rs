@@ -82,6 +82,13 @@ impl LoginGate {
         &self.store
     }
 
+    /// Swap in a reloaded verification key; logins already being verified finish with the
+    /// old one.
+    pub fn set_key(&self, key: keys::VerifyKey) {
+        let next = Arc::new(self.verifier().with_key(key));
+        *self.verifier.write().unwrap_or_else(|p| p.into_inner()) = next;
+    }
+
     fn verifier(&self) -> Arc<Verifier> {
         match self.verifier.read() {
             Ok(v) => v.clone(),

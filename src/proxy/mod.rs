@@ -16,6 +16,7 @@ use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{request, Request, Response, StatusCode, Uri, Version};
 use hyper::upgrade::OnUpgrade;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -27,12 +28,14 @@ use headers::IdentityHeaders;
 use crate::config::Config;
 
 pub struct Proxy {
-    client: Client<HttpConnector, ReqBody>,
+    client: Client<HttpsConnector<HttpConnector>, ReqBody>,
     scheme: Scheme,
     authority: Authority,
     response_header_timeout: Duration,
     trusted: Vec<IpNet>,
     pub identity: IdentityHeaders,
+    /// X-Forwarded-Proto for requests from the public listener.
+    proto: &'static str,
 }
 
 /// What happened upstream, for the access log.
@@ -43,24 +46,55 @@ pub struct Forwarded {
 }
 
 impl Proxy {
-    pub fn new(cfg: &Config) -> Proxy {
+    /// Build the upstream client. Fails only when the upstream's TLS files cannot be read
+    /// (they were checked when the config was loaded).
+    pub fn new(cfg: &Config) -> Result<Proxy, String> {
+        let up = &cfg.upstream;
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
-        conn.set_connect_timeout(Some(cfg.upstream.connect_timeout));
+        conn.set_connect_timeout(Some(up.connect_timeout));
         conn.set_keepalive(Some(Duration::from_secs(60)));
-        conn.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(cfg.upstream.pool_idle_timeout)
-            .pool_max_idle_per_host(cfg.upstream.pool_max_idle_per_host)
+        conn.enforce_http(false);
+        let tls = match &up.tls {
+            Some(t) => {
+                let pair = t
+                    .client_cert
+                    .as_ref()
+                    .map(|(c, k)| (c.as_path(), k.as_path()));
+                crate::tls::client_config(t.ca.as_deref(), pair, up.http2)?
+            }
+            // never used for http:// upstreams, but the connector wants a config
+            None => rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        };
+        let b = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1();
+        let connector = if up.http2 {
+            b.enable_http2().wrap_connector(conn)
+        } else {
+            b.wrap_connector(conn)
+        };
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(up.pool_idle_timeout)
+            .pool_max_idle_per_host(up.pool_max_idle_per_host)
             // bounds each upstream connection's read buffer (hyper grows it adaptively up to
             // ~400 KB by default): large downloads then cost 64 KiB a connection, not 400
             .http1_max_buf_size(64 * 1024)
             .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(conn);
+            .timer(TokioTimer::new());
+        if up.http2 {
+            builder.http2_only(true);
+        }
+        let client = builder.build(connector);
         let mut names = vec![&cfg.gate.user_header];
         names.extend(cfg.gate.info_headers.iter().map(|(h, _)| h));
-        Proxy {
+        Ok(Proxy {
             client,
             scheme: cfg.upstream.url.scheme().cloned().unwrap_or(Scheme::HTTP),
             authority: cfg
@@ -72,7 +106,12 @@ impl Proxy {
             response_header_timeout: cfg.upstream.response_header_timeout,
             trusted: cfg.listen.trusted_proxies.clone(),
             identity: IdentityHeaders::new(&cfg.gate.identity_header_prefix, &names),
-        }
+            proto: if cfg.listen.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
+        })
     }
 
     /// Apply the header rules to a request about to go upstream: identity headers out,
@@ -89,7 +128,13 @@ impl Proxy {
             }
         }
         let host = parts.headers.get(header::HOST).cloned();
-        headers::set_forwarded(&mut parts.headers, peer.ip(), "http", host, &self.trusted);
+        headers::set_forwarded(
+            &mut parts.headers,
+            peer.ip(),
+            self.proto,
+            host,
+            &self.trusted,
+        );
         let pq = parts
             .uri
             .path_and_query()

@@ -1,0 +1,88 @@
+//! The optional plain-HTTP listener: every request is redirected to https (308, same host
+//! and path), except the JWT callback. A token that has crossed the network in clear must
+//! not be used, so a plain-HTTP callback is refused, never redirected.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, HOST, LOCATION};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::login::route::{classify, Route};
+use crate::proxy::body::RespBody;
+use crate::proxy::pages::page;
+
+fn redirect(req: &Request<Incoming>, https_port: u16, callback: &str) -> Response<RespBody> {
+    if classify(req.uri().path(), callback) != Route::Other {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "callback_over_plain_http",
+            "This sign-in link travelled unencrypted and cannot be used. Sign in again over https.",
+            None,
+        );
+    }
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())
+        .unwrap_or("localhost");
+    // drop any port the client used for plain HTTP; add the https one unless it is 443
+    let bare = match host.rsplit_once(':') {
+        Some((h, p))
+            if p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(']')
+                || host.starts_with('[') && host.contains("]:") =>
+        {
+            h
+        }
+        _ => host,
+    };
+    let authority = if https_port == 443 {
+        bare.to_string()
+    } else {
+        format!("{bare}:{https_port}")
+    };
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut resp = Response::new(RespBody::Full(Some(Bytes::new())));
+    match HeaderValue::from_str(&format!("https://{authority}{pq}")) {
+        Ok(v) => {
+            *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+            resp.headers_mut().insert(LOCATION, v);
+            resp
+        }
+        Err(_) => page(
+            StatusCode::BAD_REQUEST,
+            "bad_host",
+            "The Host header is not valid.",
+            None,
+        ),
+    }
+}
+
+/// Serve redirects until the process ends.
+pub async fn serve(listener: TcpListener, https_port: u16, callback: String) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let callback = callback.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let r = redirect(&req, https_port, &callback);
+                async move { Ok::<_, Infallible>(r) }
+            });
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
