@@ -176,7 +176,7 @@ fn request_path(c: &mut Criterion) {
     });
 
     let cfg = config("HS256", SECRET);
-    let proxy = jwt_gate::proxy::Proxy::new(&cfg);
+    let proxy = jwt_gate::proxy::Proxy::new(&cfg).unwrap();
     let peer: std::net::SocketAddr = "192.0.2.7:51234".parse().unwrap();
     let build = || {
         http::Request::get("/api/v4/projects?per_page=100")
