@@ -565,7 +565,7 @@ fn read_upstream(t: &Table, base: &Path, errs: &mut Vec<String>) -> Option<Upstr
         let pair = client_pair
             .as_ref()
             .map(|(c, k)| (c.as_path(), k.as_path()));
-        match crate::tls::client_config(ca.as_deref(), pair, http2) {
+        match crate::tls::client_config(ca.as_deref(), pair) {
             Ok(_) => Some(UpstreamTls {
                 ca,
                 client_cert: client_pair,

@@ -181,11 +181,11 @@ impl ServerTls {
 }
 
 /// Client TLS for an https upstream: system roots, or only `ca` when given; an optional
-/// client certificate; ALPN h2 when HTTP/2 to the upstream is on.
+/// client certificate. ALPN is left empty: hyper-rustls sets it from the HTTP versions
+/// enabled on the connector (and panics if it was set before).
 pub fn client_config(
     ca: Option<&Path>,
     client_cert: Option<(&Path, &Path)>,
-    http2: bool,
 ) -> Result<ClientConfig, String> {
     let roots = match ca {
         Some(ca) => roots_from(ca)?,
@@ -205,22 +205,16 @@ pub fn client_config(
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots);
-    let mut cfg = match client_cert {
-        None => builder.with_no_client_auth(),
+    match client_cert {
+        None => Ok(builder.with_no_client_auth()),
         Some((cert, key)) => {
             let certs = certs_from_pem(&read(cert)?, cert)?;
             let key = key_from_pem(&read(key)?, key)?;
             builder
                 .with_client_auth_cert(certs, key)
-                .map_err(|e| format!("{}: {e}", cert.display()))?
+                .map_err(|e| format!("{}: {e}", cert.display()))
         }
-    };
-    cfg.alpn_protocols = if http2 {
-        vec![b"h2".to_vec()]
-    } else {
-        vec![b"http/1.1".to_vec()]
-    };
-    Ok(cfg)
+    }
 }
 
 /// Make a development CA and a server certificate for `localhost`, `127.0.0.1` and `::1`

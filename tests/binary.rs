@@ -444,3 +444,57 @@ async fn demo_signs_in_through_the_sample_idp_and_refuses_the_replay() {
     );
     drop(bin);
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_jwt_key_now() {
+    let up = Upstream::start().await;
+    let dir = TempDir::new("hup");
+    let key = dir.write("jwt.secret", &"o".repeat(40));
+    // polling effectively off: only SIGHUP can pick up the change
+    let port = free_port();
+    let addr2: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let cfg = dir.write("hup.toml", &format!("[listen]\naddr = \"{addr2}\"\n[admin]\naddr = \"\"\n[upstream]\nurl = \"http://{}\"\n[provider]\nsecret_file = \"{}\"\n[gate]\nkey_reload_interval = 3600\n", up.addr, key.display()));
+    let bin = Bin(Command::new(gate_bin())
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+    wait_listening(addr2).await;
+    let sign = |secret: &str, email: &str| {
+        use jsonwebtoken::{encode, EncodingKey, Header};
+        encode(
+            &Header::default(),
+            &claims(email),
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let new = "n".repeat(40);
+    dir.write("jwt.secret", &new);
+    let base = format!("http://{addr2}/users/auth/jwt/callback?jwt=");
+    assert_eq!(
+        get(&format!("{base}{}", sign(&new, "early@x")))
+            .await
+            .reason(),
+        Some("bad_signature")
+    );
+    Command::new("kill")
+        .args(["-HUP", &bin.0.id().to_string()])
+        .status()
+        .unwrap();
+    let mut ok = false;
+    for i in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if get(&format!("{base}{}", sign(&new, &format!("h{i}@x"))))
+            .await
+            .status
+            == 200
+        {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "SIGHUP did not reload the key");
+}

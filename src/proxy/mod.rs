@@ -61,7 +61,7 @@ impl Proxy {
                     .client_cert
                     .as_ref()
                     .map(|(c, k)| (c.as_path(), k.as_path()));
-                crate::tls::client_config(t.ca.as_deref(), pair, up.http2)?
+                crate::tls::client_config(t.ca.as_deref(), pair)?
             }
             // never used for http:// upstreams, but the connector wants a config
             None => rustls::ClientConfig::builder_with_provider(crate::tls::provider())

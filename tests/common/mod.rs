@@ -24,6 +24,7 @@ pub const SECRET: &str = "test-secret-0123456789abcdefghijkl"; // 34 bytes
 /// What the fake upstream received.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    pub version: http::Version,
     pub method: String,
     pub target: String,
     pub headers: HeaderMap,
@@ -55,6 +56,15 @@ impl Drop for Upstream {
 
 impl Upstream {
     pub async fn start() -> Upstream {
+        Self::start_with(None).await
+    }
+
+    /// The same fake upstream behind TLS (for https upstream tests).
+    pub async fn start_tls(cfg: Arc<rustls::ServerConfig>) -> Upstream {
+        Self::start_with(Some(tokio_rustls::TlsAcceptor::from(cfg))).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
@@ -67,12 +77,21 @@ impl Upstream {
                     acc = listener.accept() => {
                         let Ok((stream, _)) = acc else { continue };
                         let seen = s2.clone();
+                        let tls = tls.clone();
                         tokio::spawn(async move {
                             let svc = service_fn(move |req| handle_upstream(req, seen.clone()));
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), svc)
-                                .with_upgrades()
-                                .await;
+                            // HTTP/1.1, or HTTP/2 with prior knowledge (h2c)
+                            let b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                            match tls {
+                                None => {
+                                    let _ = b.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                                }
+                                Some(acc) => {
+                                    if let Ok(s) = acc.accept(stream).await {
+                                        let _ = b.serve_connection_with_upgrades(TokioIo::new(s), svc).await;
+                                    }
+                                }
+                            }
                         });
                     }
                 }
@@ -114,14 +133,19 @@ async fn handle_upstream(
     mut req: Request<Incoming>,
     seen: Arc<Mutex<Vec<Seen>>>,
 ) -> Result<Response<BoxBody>, Infallible> {
+    let version = req.version();
     let method = req.method().to_string();
-    let target = req.uri().to_string();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().to_string(), |pq| pq.to_string());
     let headers = req.headers().clone();
     let path = req.uri().path().to_string();
 
     if path == "/ws" {
         let key = headers.get("sec-websocket-key").cloned();
         seen.lock().unwrap().push(Seen {
+            version,
             method,
             target,
             headers,
@@ -165,6 +189,7 @@ async fn handle_upstream(
     if let Some(n) = path.strip_prefix("/big/") {
         let n: u64 = n.parse().unwrap_or(0);
         seen.lock().unwrap().push(Seen {
+            version,
             method,
             target,
             headers,
@@ -195,6 +220,7 @@ async fn handle_upstream(
             }
         }
         seen.lock().unwrap().push(Seen {
+            version,
             method,
             target,
             headers,
@@ -217,6 +243,7 @@ async fn handle_upstream(
         .unwrap_or_default();
     let reply = format!("upstream saw {method} {target}");
     seen.lock().unwrap().push(Seen {
+        version,
         method,
         target,
         headers,
