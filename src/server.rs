@@ -305,6 +305,9 @@ where
         .max_pending_accept_reset_streams(Some(32))
         .max_header_list_size(config.listen.max_header_bytes as u32)
         .max_local_error_reset_streams(Some(256))
+        // explicit flow-control windows: 1 MiB a stream, 4 MiB a connection
+        .initial_stream_window_size(Some(1024 * 1024))
+        .initial_connection_window_size(Some(4 * 1024 * 1024))
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     let graceful = GracefulShutdown::new();
