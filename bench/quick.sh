@@ -8,8 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-64}
-for tool in wrk nginx taskset; do
-  command -v $tool >/dev/null 2>&1 || { echo "installing wrk nginx-light"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light util-linux >/dev/null; break; }
+for tool in wrk nginx taskset redis-server; do
+  command -v $tool >/dev/null 2>&1 || { echo "installing wrk nginx-light"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light util-linux redis-server >/dev/null; break; }
 done
 cargo build --release --quiet --bin jwt-gate --example mint_tokens
 BIN=target/release/jwt-gate
@@ -89,4 +89,15 @@ run "direct /1m.bin" "http://$ORIGIN/1m.bin"
 run "gate /1m.bin" "http://$GATE/1m.bin"
 run "gate callback, replayed (401)" "http://$GATE/users/auth/jwt/callback?jwt=$replayed" "" yes
 TOKENS=$TOKENS run "direct callback, fresh tokens" "http://$ORIGIN" bench/walk.lua
-TOKENS=$TOKENS run "gate callback, fresh tokens" "http://$GATE" bench/walk.lua
+TOKENS=$TOKENS run "gate callback, fresh, memory" "http://$GATE" bench/walk.lua
+
+# the same with the Redis store (one SET NX PX round trip per login), Redis on CPU 0 too
+kill $gate_pid; wait $gate_pid 2>/dev/null || true
+REDIS_PORT=18379
+taskset -c 0 redis-server --port $REDIS_PORT --bind 127.0.0.1 --save "" --appendonly no --daemonize yes --pidfile "$work/redis.pid" --dir "$work" >/dev/null
+sed -i 's/^reject_issued_before_start = false$/store = "redis"\nredis_url = "redis:\/\/127.0.0.1:'$REDIS_PORT'"\nreject_issued_before_start = false/' "$work/gate.toml"
+JWT_GATE_LOG=warn taskset -c 0 "$BIN" run --config "$work/gate.toml" & gate_pid=$!
+for _ in $(seq 100); do curl -s -o /dev/null "http://$GATE/small" && break; sleep 0.05; done
+target/release/examples/mint_tokens "$SECRET" 400000 3600 > "$TOKENS"
+TOKENS=$TOKENS run "gate callback, fresh, redis" "http://$GATE" bench/walk.lua
+kill "$(cat "$work/redis.pid")" 2>/dev/null || true

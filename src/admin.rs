@@ -35,29 +35,40 @@ async fn route(req: Request<Incoming>, cfg: Arc<Config>, app: Arc<App>) -> Respo
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => {
             let store = app.gate.store();
-            let store_line = format!("replay store: {} ({} entries)\n", store.kind(), store.len());
-            if !cfg.admin.ready_requires_upstream {
-                return text(StatusCode::OK, format!("ready\n{store_line}"));
+            let health = store.health().await;
+            let entries = store
+                .len()
+                .map_or(String::new(), |n| format!(" ({n} entries)"));
+            let store_line = match &health {
+                Ok(()) => format!("replay store: {}{entries} ok\n", store.kind()),
+                Err(e) => format!("replay store: {} unavailable: {e}\n", store.kind()),
+            };
+            let mut ready = !(cfg.replay.ready_requires_store && health.is_err());
+            let mut upstream_line = String::new();
+            if cfg.admin.ready_requires_upstream {
+                let probe = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    TcpStream::connect(cfg.upstream.authority.as_str()),
+                )
+                .await;
+                upstream_line = match probe {
+                    Ok(Ok(_)) => "upstream: reachable\n".to_string(),
+                    Ok(Err(e)) => {
+                        ready = false;
+                        format!("upstream: {e}\n")
+                    }
+                    Err(_) => {
+                        ready = false;
+                        "upstream: connect timed out\n".to_string()
+                    }
+                };
             }
-            let probe = tokio::time::timeout(
-                Duration::from_secs(1),
-                TcpStream::connect(cfg.upstream.authority.as_str()),
-            )
-            .await;
-            match probe {
-                Ok(Ok(_)) => text(
-                    StatusCode::OK,
-                    format!("ready\nupstream: reachable\n{store_line}"),
-                ),
-                Ok(Err(e)) => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("not ready\nupstream: {e}\n{store_line}"),
-                ),
-                Err(_) => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("not ready\nupstream: connect timed out\n{store_line}"),
-                ),
-            }
+            let (status, head) = if ready {
+                (StatusCode::OK, "ready")
+            } else {
+                (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+            };
+            text(status, format!("{head}\n{upstream_line}{store_line}"))
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }

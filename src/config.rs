@@ -132,7 +132,10 @@ pub struct ReplayConfig {
     pub max_entries: usize,
     pub reject_issued_before_start: bool,
     pub sweep_interval: Duration,
-    pub redis_url: Option<String>,
+    pub redis: Option<crate::replay::redis::RedisSettings>,
+    /// Whether `/readyz` fails while the store cannot answer (default off: a Redis outage
+    /// must not take every pod out of its Service and stop git traffic too).
+    pub ready_requires_store: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,7 +183,7 @@ impl Config {
         let upstream = read_upstream(&upstream_t, base, &mut errs);
         let gate_raw = read_gate(&gate_t, &mut errs);
         let provider = read_provider(&provider_t, base, &gate_raw, &mut errs, &mut warnings);
-        let replay = read_replay(&replay_t, &mut errs);
+        let replay = read_replay(&replay_t, base, &mut errs);
 
         let (Some(listen), Some(admin), Some(upstream), Some(provider), Some(replay)) =
             (listen, admin, upstream, provider, replay)
@@ -831,18 +834,12 @@ fn title_case(key: &str) -> String {
         .join("-")
 }
 
-fn read_replay(t: &Table, errs: &mut Vec<String>) -> Option<ReplayConfig> {
+fn read_replay(t: &Table, base: &Path, errs: &mut Vec<String>) -> Option<ReplayConfig> {
     let mut s = Section::new("replay", t, errs);
     let store_name: String = s.get("store", "memory".to_string());
     let store = match store_name.as_str() {
         "memory" => Some(StoreKind::Memory),
-        "redis" => {
-            s.err(
-                "store",
-                "the Redis store is not available in this build yet; use \"memory\"",
-            );
-            None
-        }
+        "redis" => Some(StoreKind::Redis),
         other => {
             s.err(
                 "store",
@@ -852,16 +849,69 @@ fn read_replay(t: &Table, errs: &mut Vec<String>) -> Option<ReplayConfig> {
         }
     };
     let max_entries = s.positive("max_entries", 1_000_000, 1_000_000_000) as usize;
-    let reject_issued_before_start = s.get("reject_issued_before_start", true);
+    // Redis outlives the gate: a restart does not reopen the replay window there
+    let reject_issued_before_start = s.get(
+        "reject_issued_before_start",
+        store != Some(StoreKind::Redis),
+    );
     let sweep_interval = s.secs("sweep_interval", 10.0);
+    let ready_requires_store = s.get("ready_requires_store", false);
     let redis_url: Option<String> = s.opt("redis_url");
+    let sentinels: Vec<String> = s.get("sentinels", Vec::new());
+    let master_name: Option<String> = s.opt("master_name");
+    let password_file: Option<String> = s.opt("redis_password_file");
+    let key_prefix: String = s.get("key_prefix", "jwt-gate:replay:".to_string());
+    let connect_timeout = s.secs("redis_connect_timeout", 0.25);
+    let response_timeout = s.secs("redis_timeout", 0.25);
+    let password = match &password_file {
+        None => None,
+        Some(f) => match std::fs::read_to_string(base.join(f)) {
+            Ok(p) => Some(p.trim_end_matches(['\r', '\n']).to_string()),
+            Err(e) => {
+                s.err(
+                    "redis_password_file",
+                    format!("{}: {e}", base.join(f).display()),
+                );
+                None
+            }
+        },
+    };
+    let redis = if store == Some(StoreKind::Redis) {
+        let settings = crate::replay::redis::RedisSettings {
+            url: redis_url,
+            sentinels,
+            master_name,
+            password,
+            key_prefix,
+            connect_timeout,
+            response_timeout,
+        };
+        match crate::replay::redis::RedisStore::new(&settings) {
+            Ok(_) => Some(settings),
+            Err(e) => {
+                // the message names its key
+                s.errs.push(e);
+                None
+            }
+        }
+    } else {
+        if redis_url.is_some() || !sentinels.is_empty() {
+            s.err("redis_url", "set store = \"redis\" to use Redis");
+        }
+        None
+    };
     s.finish();
+    let store = store?;
+    if store == StoreKind::Redis && redis.is_none() {
+        return None;
+    }
     Some(ReplayConfig {
-        store: store?,
+        store,
         max_entries,
         reject_issued_before_start,
         sweep_interval,
-        redis_url,
+        redis,
+        ready_requires_store,
     })
 }
 

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
-use crate::config::{Config, SecretSource};
+use crate::config::{Config, SecretSource, StoreKind};
 use crate::login::keys::{Algorithm, VerifyKey};
 use crate::login::route::{classify, Route};
 use crate::login::LoginGate;
@@ -32,6 +32,7 @@ use crate::proxy::body::{AccessLog, Logged, ReqBody};
 use crate::proxy::pages::page;
 use crate::proxy::Proxy;
 use crate::replay::memory::MemoryStore;
+use crate::replay::redis::RedisStore;
 use crate::replay::ReplayStore;
 use crate::tls::ServerTls;
 
@@ -58,9 +59,14 @@ impl App {
     /// Build the app (and start the replay store's sweeper). Needs a tokio runtime.
     pub fn new(cfg: &Config) -> Result<Arc<App>, String> {
         crate::tls::install_default_provider();
-        let store = MemoryStore::new(cfg.replay.max_entries);
-        store.spawn_sweeper(cfg.replay.sweep_interval);
-        let store: Arc<dyn ReplayStore> = store;
+        let store: Arc<dyn ReplayStore> = match (&cfg.replay.store, &cfg.replay.redis) {
+            (StoreKind::Redis, Some(settings)) => RedisStore::new(settings)?,
+            _ => {
+                let store = MemoryStore::new(cfg.replay.max_entries);
+                store.spawn_sweeper(cfg.replay.sweep_interval);
+                store
+            }
+        };
         let tls = match &cfg.listen.tls {
             Some(t) => Some(Arc::new(ServerTls::new(t.files.clone())?)),
             None => None,

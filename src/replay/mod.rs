@@ -5,6 +5,7 @@
 //! the time checks.
 
 pub mod memory;
+pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -37,6 +38,7 @@ impl StoreError {
 }
 
 pub type StoreFuture<'a> = Pin<Box<dyn Future<Output = Result<Recorded, StoreError>> + Send + 'a>>;
+pub type HealthFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
 
 pub trait ReplayStore: Send + Sync + 'static {
     /// Atomically: if `key` is recorded and live at `now`, `Replayed`; else record it until
@@ -47,10 +49,11 @@ pub trait ReplayStore: Send + Sync + 'static {
         expires_at: i64,
         now: i64,
     ) -> StoreFuture<'a>;
-    /// Live entries (approximately, for metrics and readiness).
-    fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
+    /// Live entries, where the store can tell cheaply (metrics and readiness).
+    fn len(&self) -> Option<usize>;
     fn kind(&self) -> &'static str;
+    /// Can the store answer right now? (`/readyz`)
+    fn health(&self) -> HealthFuture<'_> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }

@@ -1,0 +1,221 @@
+//! The shared store for replicas: Redis (GitLab already runs one), one atomic round trip
+//! per login: `SET <prefix><key> 1 NX PX <ttl>`.
+//!
+//! Fail closed: when Redis cannot answer within the response timeout, the login is refused
+//! (503) and nothing reaches GitLab; other traffic never touches Redis. The connection is
+//! made lazily and managed (it reconnects by itself), so the gate starts, and serves git
+//! traffic, while Redis is down. With Sentinel, an error drops the connection so that the
+//! next login asks the sentinels for the current master (failover).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{IntoConnectionInfo, RedisConnectionInfo};
+
+use super::{Recorded, ReplayStore, StoreError, StoreFuture};
+
+/// How to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://`, `rediss://`, `redis+unix:///path`, or a socket path (`/var/opt/gitlab/redis/redis.socket`).
+    pub url: Option<String>,
+    /// `host:port` of each sentinel; with `master_name`.
+    pub sentinels: Vec<String>,
+    pub master_name: Option<String>,
+    pub password: Option<String>,
+    pub key_prefix: String,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+}
+
+enum Target {
+    Direct(redis::Client),
+    Sentinel(tokio::sync::Mutex<SentinelClient>),
+}
+
+pub struct RedisStore {
+    target: Target,
+    conn: tokio::sync::Mutex<Option<ConnectionManager>>,
+    prefix: String,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    /// Failed round trips (metrics, logs).
+    pub errors: AtomicU64,
+}
+
+/// A socket path becomes a `redis+unix://` URL.
+pub fn normalize_url(url: &str) -> String {
+    if url.starts_with('/') {
+        format!("redis+unix://{url}")
+    } else {
+        url.to_string()
+    }
+}
+
+impl RedisStore {
+    /// Check the settings (URLs parse); no connection is made yet.
+    pub fn new(s: &RedisSettings) -> Result<Arc<RedisStore>, String> {
+        let target = if !s.sentinels.is_empty() {
+            let master = s
+                .master_name
+                .clone()
+                .ok_or("replay.master_name is required with replay.sentinels")?;
+            let urls: Vec<String> = s
+                .sentinels
+                .iter()
+                .map(|h| {
+                    if h.contains("://") {
+                        h.clone()
+                    } else {
+                        format!("redis://{h}")
+                    }
+                })
+                .collect();
+            let mut node = SentinelNodeConnectionInfo::default();
+            if let Some(pw) = &s.password {
+                node =
+                    node.set_redis_connection_info(RedisConnectionInfo::default().set_password(pw));
+            }
+            let client =
+                SentinelClient::build(urls, master, Some(node), SentinelServerType::Master)
+                    .map_err(|e| format!("replay.sentinels: {e}"))?;
+            Target::Sentinel(tokio::sync::Mutex::new(client))
+        } else {
+            let url = s
+                .url
+                .as_deref()
+                .ok_or("replay.redis_url is required with store = \"redis\"")?;
+            let mut info = normalize_url(url)
+                .into_connection_info()
+                .map_err(|e| format!("replay.redis_url: {e}"))?;
+            if let Some(pw) = &s.password {
+                let settings = info.redis_settings().clone().set_password(pw);
+                info = info.set_redis_settings(settings);
+            }
+            Target::Direct(redis::Client::open(info).map_err(|e| format!("replay.redis_url: {e}"))?)
+        };
+        Ok(Arc::new(RedisStore {
+            target,
+            conn: tokio::sync::Mutex::new(None),
+            prefix: s.key_prefix.clone(),
+            connect_timeout: s.connect_timeout,
+            response_timeout: s.response_timeout,
+            errors: AtomicU64::new(0),
+        }))
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let unavailable = |e: String| StoreError::Unavailable(e);
+        let client = match &self.target {
+            Target::Direct(c) => c.clone(),
+            Target::Sentinel(s) => {
+                let mut s = s.lock().await;
+                tokio::time::timeout(self.connect_timeout * 4, s.async_get_client())
+                    .await
+                    .map_err(|_| unavailable("sentinels did not answer in time".into()))?
+                    .map_err(|e| unavailable(format!("sentinel: {e}")))?
+            }
+        };
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.response_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let m = tokio::time::timeout(
+            self.connect_timeout * 2,
+            ConnectionManager::new_with_config(client, cfg),
+        )
+        .await
+        .map_err(|_| unavailable("connect timed out".into()))?
+        .map_err(|e| unavailable(e.to_string()))?;
+        *slot = Some(m.clone());
+        Ok(m)
+    }
+
+    /// Forget the connection (Sentinel: the next login re-resolves the master).
+    async fn reset(&self) {
+        if matches!(self.target, Target::Sentinel(_)) {
+            *self.conn.lock().await = None;
+        }
+    }
+
+    fn fail(&self, why: String) -> StoreError {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        StoreError::Unavailable(why)
+    }
+
+    async fn set_nx(&self, key: &[u8; 32], ttl_ms: i64) -> Result<Recorded, StoreError> {
+        let mut conn = self.connection().await.map_err(|e| {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            e
+        })?;
+        let mut name = String::with_capacity(self.prefix.len() + 64);
+        name.push_str(&self.prefix);
+        for b in key {
+            name.push_str(&format!("{b:02x}"));
+        }
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&name).arg(1).arg("NX").arg("PX").arg(ttl_ms);
+        match tokio::time::timeout(
+            self.response_timeout,
+            cmd.query_async::<Option<String>>(&mut conn),
+        )
+        .await
+        {
+            Err(_) => {
+                self.reset().await;
+                Err(self.fail("Redis did not answer in time".into()))
+            }
+            Ok(Err(e)) => {
+                self.reset().await;
+                Err(self.fail(e.to_string()))
+            }
+            Ok(Ok(Some(_))) => Ok(Recorded::Fresh),
+            Ok(Ok(None)) => Ok(Recorded::Replayed),
+        }
+    }
+
+    /// PING within the response timeout (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), String> {
+        let mut conn = self.connection().await.map_err(|e| e.to_string())?;
+        match tokio::time::timeout(
+            self.response_timeout,
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("PING timed out".into()),
+        }
+    }
+}
+
+impl ReplayStore for RedisStore {
+    fn check_and_record<'a>(
+        &'a self,
+        key: &'a [u8; 32],
+        expires_at: i64,
+        now: i64,
+    ) -> StoreFuture<'a> {
+        // at least a second, so a token at the very edge of its window is still recorded
+        let ttl_ms = expires_at.saturating_sub(now).max(1).saturating_mul(1000);
+        Box::pin(self.set_nx(key, ttl_ms))
+    }
+    fn len(&self) -> Option<usize> {
+        None
+    }
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+    fn health(&self) -> super::HealthFuture<'_> {
+        Box::pin(self.ping())
+    }
+}

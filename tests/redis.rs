@@ -1,0 +1,397 @@
+//! The Redis replay store against a real `redis-server` (installed by scripts/test), started
+//! on a free port per test: shared replay protection across gates, atomicity, TTLs, outages,
+//! passwords, unix sockets and Sentinel.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+/// A real redis-server on a free port (and optionally a unix socket), killed on drop.
+struct Redis {
+    port: u16,
+    dir: TempDir,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Redis {
+    async fn start(extra: &[&str]) -> Redis {
+        let mut r = Redis {
+            port: free_port(),
+            dir: TempDir::new("redis"),
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        r.spawn().await;
+        r
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.0.join("redis.sock")
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&self.dir.0)
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test installs it)");
+        self.child = Some(child);
+        wait_listening(format!("127.0.0.1:{}", self.port).parse().unwrap()).await;
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    async fn conn(&self, password: Option<&str>) -> redis::aio::MultiplexedConnection {
+        let url = match password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/0", self.port),
+            None => self.url(),
+        };
+        redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn redis_gate_config(up: &Upstream, replay: &str) -> String {
+    config_text(
+        up.addr,
+        &format!(
+            "{}valid_within = 300\n[replay]\nstore = \"redis\"\n{replay}",
+            hs256_provider()
+        ),
+    )
+}
+
+#[tokio::test]
+async fn a_token_used_on_one_gate_is_refused_on_the_other() {
+    let redis = Redis::start(&[]).await;
+    let up = Upstream::start().await;
+    let cfg = redis_gate_config(&up, &format!("redis_url = \"{}\"\n", redis.url()));
+    let (a, b) = (Gate::start(&cfg).await, Gate::start(&cfg).await);
+    let token = hs256(&claims("shared@x"));
+    assert_eq!(get(&callback(&a, &token)).await.status, 200);
+    let got = get(&callback(&b, &token)).await;
+    assert_eq!((got.status.as_u16(), got.reason()), (401, Some("replayed")));
+    assert_eq!(get(&callback(&a, &token)).await.reason(), Some("replayed"));
+    assert_eq!(up.callbacks().len(), 1);
+}
+
+#[tokio::test]
+async fn fifty_concurrent_uses_over_two_gates_forward_exactly_one() {
+    let redis = Redis::start(&[]).await;
+    let up = Upstream::start().await;
+    let cfg = redis_gate_config(&up, &format!("redis_url = \"{}\"\n", redis.url()));
+    let gates = [Gate::start(&cfg).await, Gate::start(&cfg).await];
+    let token = hs256(&claims("race@x"));
+    let urls: Vec<String> = (0..50).map(|i| callback(&gates[i % 2], &token)).collect();
+    let tasks: Vec<_> = urls
+        .into_iter()
+        .map(|u| tokio::spawn(async move { get(&u).await.status.as_u16() }))
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        49,
+        "{statuses:?}"
+    );
+    assert_eq!(up.callbacks().len(), 1);
+}
+
+#[tokio::test]
+async fn entries_live_until_the_token_could_no_longer_pass() {
+    let redis = Redis::start(&[]).await;
+    let up = Upstream::start().await;
+    let cfg = redis_gate_config(
+        &up,
+        &format!("redis_url = \"{}\"\nkey_prefix = \"test:\"\n", redis.url()),
+    );
+    let gate = Gate::start(&cfg).await;
+    let n = now();
+    let token = hs256(&json!({"name": "N", "email": "ttl@x", "iat": n}));
+    assert_eq!(get(&callback(&gate, &token)).await.status, 200);
+    let mut c = redis.conn(None).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(
+        keys[0].starts_with("test:") && keys[0].len() == 5 + 64,
+        "{}",
+        keys[0]
+    );
+    assert!(!keys[0].contains(token.split('.').nth(2).unwrap()));
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&keys[0])
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // iat + valid_within (300) + max_future_skew (60), from now
+    let want = (n + 360 - now()) * 1000;
+    assert!(
+        pttl <= want && pttl > want - 5000,
+        "PTTL {pttl} ms, expected about {want} ms"
+    );
+
+    // a long exp extends the entry to exp
+    let token =
+        hs256(&json!({"name": "N", "email": "ttl2@x", "iat": n, "exp": n + 3600, "jti": "long"}));
+    assert_eq!(get(&callback(&gate, &token)).await.status, 200);
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let mut ttls = Vec::new();
+    for k in &keys {
+        let t: i64 = redis::cmd("PTTL").arg(k).query_async(&mut c).await.unwrap();
+        ttls.push(t);
+    }
+    ttls.sort();
+    assert!(ttls[1] > 3_590_000 && ttls[1] <= 3_600_000, "{ttls:?}");
+}
+
+#[tokio::test]
+async fn logins_fail_closed_while_redis_is_down_and_recover_without_a_restart() {
+    let mut redis = Redis::start(&[]).await;
+    let up = Upstream::start().await;
+    let cfg = redis_gate_config(&up, &format!("redis_url = \"{}\"\n", redis.url()));
+    let gate = Gate::start(&cfg).await;
+    assert_eq!(
+        get(&callback(&gate, &hs256(&claims("before@x"))))
+            .await
+            .status,
+        200
+    );
+
+    redis.stop();
+    let got = get(&callback(&gate, &hs256(&claims("during@x")))).await;
+    assert_eq!(
+        (got.status.as_u16(), got.reason()),
+        (503, Some("replay_store_unavailable"))
+    );
+    assert_eq!(
+        get(&gate.url("/group/project.git/info/refs")).await.status,
+        200,
+        "pass-through must keep flowing"
+    );
+    assert_eq!(
+        up.callbacks().len(),
+        1,
+        "nothing reached GitLab while Redis was down"
+    );
+
+    redis.spawn().await;
+    let mut recovered = false;
+    for i in 0..50 {
+        let got = get(&callback(&gate, &hs256(&claims(&format!("after{i}@x"))))).await;
+        if got.status == 200 {
+            recovered = true;
+            break;
+        }
+        assert_eq!(got.reason(), Some("replay_store_unavailable"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "logins did not recover after Redis came back");
+}
+
+#[tokio::test]
+async fn a_gate_starts_while_redis_is_down() {
+    let port = free_port();
+    let up = Upstream::start().await;
+    let cfg = redis_gate_config(&up, &format!("redis_url = \"redis://127.0.0.1:{port}\"\n"));
+    let gate = Gate::start(&cfg).await;
+    assert_eq!(get(&gate.url("/explore")).await.status, 200);
+    assert_eq!(
+        get(&callback(&gate, &hs256(&claims("x@x")))).await.reason(),
+        Some("replay_store_unavailable")
+    );
+}
+
+#[tokio::test]
+async fn requirepass_with_a_password_file() {
+    let redis = Redis::start(&["--requirepass", "s3cret-pass"]).await;
+    let up = Upstream::start().await;
+    let dir = TempDir::new("pw");
+    let pw = dir.write("redis.pass", "s3cret-pass\n");
+    let with = Gate::start(&redis_gate_config(
+        &up,
+        &format!(
+            "redis_url = \"{}\"\nredis_password_file = \"{}\"\n",
+            redis.url(),
+            pw.display()
+        ),
+    ))
+    .await;
+    assert_eq!(
+        get(&callback(&with, &hs256(&claims("pw@x")))).await.status,
+        200
+    );
+    let without = Gate::start(&redis_gate_config(
+        &up,
+        &format!("redis_url = \"{}\"\n", redis.url()),
+    ))
+    .await;
+    let got = get(&callback(&without, &hs256(&claims("nopw@x")))).await;
+    assert_eq!(
+        (got.status.as_u16(), got.reason()),
+        (503, Some("replay_store_unavailable"))
+    );
+    let mut c = redis.conn(Some("s3cret-pass")).await;
+    let n: i64 = redis::cmd("DBSIZE").query_async(&mut c).await.unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn a_unix_socket_as_omnibus_uses() {
+    let mut redis = Redis {
+        port: free_port(),
+        dir: TempDir::new("redis-sock"),
+        args: vec![],
+        child: None,
+    };
+    let sock = redis.socket();
+    redis.args = vec![
+        "--unixsocket".into(),
+        sock.display().to_string(),
+        "--unixsocketperm".into(),
+        "700".into(),
+    ];
+    redis.spawn().await;
+    let up = Upstream::start().await;
+    for url in [
+        sock.display().to_string(),
+        format!("redis+unix://{}", sock.display()),
+    ] {
+        let gate = Gate::start(&redis_gate_config(&up, &format!("redis_url = \"{url}\"\n"))).await;
+        let token = hs256(&claims(&format!("sock{}@x", url.len())));
+        assert_eq!(get(&callback(&gate, &token)).await.status, 200, "{url}");
+        assert_eq!(
+            get(&callback(&gate, &token)).await.reason(),
+            Some("replayed"),
+            "{url}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sentinel_resolves_the_master() {
+    let redis = Redis::start(&[]).await;
+    let sdir = TempDir::new("sentinel");
+    let sport = free_port();
+    let conf = sdir.write(
+        "sentinel.conf",
+        &format!("port {sport}\nbind 127.0.0.1\nsentinel monitor gitlab-redis 127.0.0.1 {} 1\nsentinel down-after-milliseconds gitlab-redis 5000\n", redis.port),
+    );
+    let sentinel = Bin(Command::new("redis-server")
+        .arg(&conf)
+        .arg("--sentinel")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+    wait_listening(format!("127.0.0.1:{sport}").parse().unwrap()).await;
+    let up = Upstream::start().await;
+    let gate = Gate::start(&redis_gate_config(
+        &up,
+        &format!("sentinels = [\"127.0.0.1:{sport}\"]\nmaster_name = \"gitlab-redis\"\n"),
+    ))
+    .await;
+    let token = hs256(&claims("sentinel@x"));
+    assert_eq!(get(&callback(&gate, &token)).await.status, 200);
+    assert_eq!(
+        get(&callback(&gate, &token)).await.reason(),
+        Some("replayed")
+    );
+    let mut c = redis.conn(None).await;
+    let n: i64 = redis::cmd("DBSIZE").query_async(&mut c).await.unwrap();
+    assert_eq!(n, 1, "the entry went to the master the sentinel named");
+    drop(sentinel);
+}
+
+#[tokio::test]
+async fn readyz_reports_the_store_and_gates_only_when_asked() {
+    let mut redis = Redis::start(&[]).await;
+    let up = Upstream::start().await;
+    for (gates, want_down) in [(false, 200), (true, 503)] {
+        let cfg = redis_gate_config(
+            &up,
+            &format!(
+                "redis_url = \"{}\"\nready_requires_store = {gates}\n",
+                redis.url()
+            ),
+        );
+        let cfg = Arc::new(jwt_gate::Config::from_toml_str(&cfg).unwrap());
+        let app = jwt_gate::App::new(&cfg).unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = l.local_addr().unwrap();
+        tokio::spawn(jwt_gate::admin::serve(
+            l,
+            cfg.clone(),
+            app,
+            std::future::pending(),
+        ));
+        let ok = get(&format!("http://{admin}/readyz")).await;
+        assert_eq!(ok.status, 200, "{}", ok.text());
+        assert!(
+            ok.text().contains("replay store: redis ok"),
+            "{}",
+            ok.text()
+        );
+        redis.stop();
+        let down = get(&format!("http://{admin}/readyz")).await;
+        assert_eq!(down.status.as_u16(), want_down, "{}", down.text());
+        assert!(
+            down.text().contains("replay store: redis unavailable"),
+            "{}",
+            down.text()
+        );
+        redis.spawn().await;
+    }
+}
