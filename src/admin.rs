@@ -37,7 +37,7 @@ async fn route(req: Request<Incoming>, cfg: Arc<Config>, app: Arc<App>) -> Respo
             let store = app.gate.store();
             let health = store.health().await;
             let entries = store
-                .len()
+                .entries()
                 .map_or(String::new(), |n| format!(" ({n} entries)"));
             let store_line = match &health {
                 Ok(()) => format!("replay store: {}{entries} ok\n", store.kind()),

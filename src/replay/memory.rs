@@ -94,7 +94,7 @@ impl ReplayStore for MemoryStore {
     ) -> StoreFuture<'a> {
         Box::pin(std::future::ready(self.record(key, expires_at, now)))
     }
-    fn len(&self) -> Option<usize> {
+    fn entries(&self) -> Option<usize> {
         Some(self.count.load(Ordering::Acquire))
     }
     fn kind(&self) -> &'static str {
@@ -114,7 +114,7 @@ mod tests {
         assert_eq!(s.record(&k, 100, 99), Ok(Recorded::Replayed));
         // at expiry the entry is dead and the slot is reused
         assert_eq!(s.record(&k, 200, 100), Ok(Recorded::Fresh));
-        assert_eq!(s.len(), Some(1));
+        assert_eq!(s.entries(), Some(1));
     }
 
     #[test]
@@ -126,7 +126,7 @@ mod tests {
         assert_eq!(s.record(&[1; 32], 100, 1), Ok(Recorded::Replayed));
         assert_eq!(s.sweep(99), 0);
         assert_eq!(s.sweep(100), 2);
-        assert_eq!(s.len(), Some(0));
+        assert_eq!(s.entries(), Some(0));
         assert_eq!(s.record(&[3; 32], 300, 150), Ok(Recorded::Fresh));
     }
 
@@ -148,6 +148,6 @@ mod tests {
             .filter(|r| **r == Ok(Recorded::Replayed))
             .count();
         assert_eq!((fresh, replayed), (1, 15));
-        assert_eq!(s.len(), Some(1));
+        assert_eq!(s.entries(), Some(1));
     }
 }

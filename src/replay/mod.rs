@@ -50,7 +50,7 @@ pub trait ReplayStore: Send + Sync + 'static {
         now: i64,
     ) -> StoreFuture<'a>;
     /// Live entries, where the store can tell cheaply (metrics and readiness).
-    fn len(&self) -> Option<usize>;
+    fn entries(&self) -> Option<usize>;
     fn kind(&self) -> &'static str;
     /// Can the store answer right now? (`/readyz`)
     fn health(&self) -> HealthFuture<'_> {

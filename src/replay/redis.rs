@@ -152,9 +152,8 @@ impl RedisStore {
     }
 
     async fn set_nx(&self, key: &[u8; 32], ttl_ms: i64) -> Result<Recorded, StoreError> {
-        let mut conn = self.connection().await.map_err(|e| {
+        let mut conn = self.connection().await.inspect_err(|_| {
             self.errors.fetch_add(1, Ordering::Relaxed);
-            e
         })?;
         let mut name = String::with_capacity(self.prefix.len() + 64);
         name.push_str(&self.prefix);
@@ -209,7 +208,7 @@ impl ReplayStore for RedisStore {
         let ttl_ms = expires_at.saturating_sub(now).max(1).saturating_mul(1000);
         Box::pin(self.set_nx(key, ttl_ms))
     }
-    fn len(&self) -> Option<usize> {
+    fn entries(&self) -> Option<usize> {
         None
     }
     fn kind(&self) -> &'static str {
