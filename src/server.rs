@@ -7,7 +7,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -28,7 +27,7 @@ use crate::config::{Config, SecretSource, StoreKind};
 use crate::login::keys::{Algorithm, VerifyKey};
 use crate::login::route::{classify, Route};
 use crate::login::LoginGate;
-use crate::proxy::body::{AccessLog, Logged, ReqBody};
+use crate::proxy::body::{AccessLog, BodyStats, Logged, ReqBody};
 use crate::proxy::pages::page;
 use crate::proxy::Proxy;
 use crate::replay::memory::MemoryStore;
@@ -178,11 +177,14 @@ impl App {
             req_bytes_fixed: 0,
             reason: None,
         };
+        let version = req.version();
         let reject =
             |status: StatusCode, reason: &'static str, detail: &str, mut log: AccessLog| {
                 log.status = status.as_u16();
                 log.reason = Some(reason);
-                let (parts, body) = page(status, reason, detail, None).into_parts();
+                let mut resp = page(status, reason, detail, None);
+                close_after(&mut resp, version);
+                let (parts, body) = resp.into_parts();
                 Response::from_parts(parts, Logged::new(body, log))
             };
 
@@ -200,6 +202,29 @@ impl App {
                 StatusCode::BAD_REQUEST,
                 "duplicate_host",
                 "The request has more than one Host header.",
+                log,
+            );
+        }
+        // RFC 9112 §6.1/§6.3: a message with both Transfer-Encoding and Content-Length, or
+        // with Transfer-Encoding repeated, is how requests are smuggled; no client needs it
+        let te = req
+            .headers()
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .count();
+        if te > 0 && req.headers().contains_key(header::CONTENT_LENGTH) {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                "ambiguous_framing",
+                "The request has both Transfer-Encoding and Content-Length.",
+                log,
+            );
+        }
+        if te > 1 {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                "bad_transfer_encoding",
+                "The request repeats Transfer-Encoding.",
                 log,
             );
         }
@@ -248,20 +273,38 @@ impl App {
                             http::HeaderValue::from_static("GET, HEAD, POST"),
                         );
                     }
+                    // a refused callback's body may be unread: never parse what follows it
+                    if r.status != StatusCode::UNAUTHORIZED {
+                        close_after(&mut resp, version);
+                    }
                     let (p, b) = resp.into_parts();
                     return Response::from_parts(p, Logged::new(b, log));
                 }
             }
         } else {
-            let counter = Arc::new(AtomicU64::new(0));
-            log.req_bytes = Some(counter.clone());
-            (parts, ReqBody::Stream(body, counter))
+            let stats = Arc::new(BodyStats::default());
+            log.req_bytes = Some(stats.clone());
+            (parts, ReqBody::Stream(body, stats))
         };
 
-        let fwd = self
+        let stats = log.req_bytes.clone();
+        let mut fwd = self
             .proxy
             .send(Request::from_parts(parts, body), on_upgrade)
             .await;
+        // the upstream exchange failed because the client's own body did: that is a 400
+        if fwd.reason.is_some()
+            && stats.is_some_and(|s| s.failed.load(std::sync::atomic::Ordering::Relaxed))
+        {
+            fwd.response = page(
+                StatusCode::BAD_REQUEST,
+                "bad_request_body",
+                "The request body was malformed or incomplete.",
+                None,
+            );
+            close_after(&mut fwd.response, version);
+            fwd.reason = Some("bad_request_body");
+        }
         log.status = fwd.response.status().as_u16();
         log.upstream = fwd.upstream;
         log.reason = fwd.reason;
@@ -395,6 +438,15 @@ where
         _ = tokio::time::sleep(config.listen.drain_timeout) => tracing::warn!("drain deadline reached; closing remaining connections"),
     }
     Ok(())
+}
+
+/// Ask hyper to close an HTTP/1 connection after this response: the request's body may be
+/// unread, and its bytes must never be parsed as a next request.
+fn close_after<B>(resp: &mut Response<B>, version: http::Version) {
+    if version <= http::Version::HTTP_11 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
 }
 
 /// How often watched files are polled: the shorter of the TLS and key intervals.

@@ -46,15 +46,20 @@ pub fn extract_token(input: &[u8], part: Part) -> Result<Option<String>, ParamEr
     if part == Part::Query && input.contains(&b';') {
         return Err(ParamError::Semicolon);
     }
-    let mut found: Option<&[u8]> = None;
+    // Some(None): `jwt` without `=` (Rack: nil, which GitLab refuses like a missing token)
+    let mut found: Option<Option<&[u8]>> = None;
     for pair in input.split(|&b| b == b'&') {
         if pair.is_empty() {
             continue;
         }
         let (key, value) = match pair.iter().position(|&b| b == b'=') {
-            Some(i) => (&pair[..i], &pair[i + 1..]),
-            None => (pair, &pair[pair.len()..]),
+            Some(i) => (&pair[..i], Some(&pair[i + 1..])),
+            None => (pair, None),
         };
+        // Rack decodes every key and value and raises on one bad escape: so does the gate
+        if !escapes_valid(key) || !value.is_none_or(escapes_valid) {
+            return Err(ParamError::BadEncoding);
+        }
         if key == b"jwt" {
             if found.is_some() {
                 return Err(ParamError::Duplicate);
@@ -69,8 +74,8 @@ pub fn extract_token(input: &[u8], part: Part) -> Result<Option<String>, ParamEr
         }
     }
     match found {
-        None => Ok(None),
-        Some(v) => {
+        None | Some(None) => Ok(None),
+        Some(Some(v)) => {
             let decoded = form_decode(v).ok_or(ParamError::BadEncoding)?;
             String::from_utf8(decoded)
                 .map(Some)
@@ -89,6 +94,25 @@ fn key_may_mean_jwt(key: &[u8]) -> Result<bool, ParamError> {
 
 fn contains_jwt(key: &[u8]) -> bool {
     key.windows(3).any(|w| w.eq_ignore_ascii_case(b"jwt"))
+}
+
+/// Every `%` starts a two-hex-digit escape.
+fn escapes_valid(s: &[u8]) -> bool {
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' {
+            match (
+                s.get(i + 1).and_then(|&c| hex(c)),
+                s.get(i + 2).and_then(|&c| hex(c)),
+            ) {
+                (Some(_), Some(_)) => i += 3,
+                _ => return false,
+            }
+        } else {
+            i += 1;
+        }
+    }
+    true
 }
 
 /// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte; an invalid
@@ -127,7 +151,9 @@ mod tests {
         assert_eq!(q("jwt=%61.b+c"), Ok(Some("a.b c".into())));
         assert_eq!(q("x=1"), Ok(None));
         assert_eq!(q(""), Ok(None));
-        assert_eq!(q("jwt"), Ok(Some(String::new())));
+        assert_eq!(q("jwt"), Ok(None), "Rack: nil");
+        assert_eq!(q("jwt="), Ok(Some(String::new())), "Rack: the empty string");
+        assert_eq!(q("jwt&jwt=a"), Err(ParamError::Duplicate));
     }
 
     #[test]
@@ -148,6 +174,11 @@ mod tests {
         assert_eq!(q("jwt=%zz"), Err(ParamError::BadEncoding));
         assert_eq!(q("jwt=%F0%28"), Err(ParamError::BadEncoding));
         assert_eq!(q("%zz=1"), Err(ParamError::BadEncoding));
+        assert_eq!(
+            q("jwt=a&x=%zz"),
+            Err(ParamError::BadEncoding),
+            "Rack raises on any bad escape"
+        );
     }
 
     #[test]

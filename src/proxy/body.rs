@@ -15,9 +15,17 @@ use hyper::body::Incoming;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// What the client's streamed body did: bytes passed, and whether it failed (malformed
+/// chunking, client gone mid-body) — a failure of the client's, not the upstream's.
+#[derive(Default)]
+pub struct BodyStats {
+    pub bytes: AtomicU64,
+    pub failed: std::sync::atomic::AtomicBool,
+}
+
 /// What goes upstream: the client's body, streamed and counted, or a verified, buffered one.
 pub enum ReqBody {
-    Stream(Incoming, Arc<AtomicU64>),
+    Stream(Incoming, Arc<BodyStats>),
     Full(Option<Bytes>),
 }
 
@@ -30,14 +38,17 @@ impl Body for ReqBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ReqBody::Stream(b, counter) => match Pin::new(b).poll_frame(cx) {
+            ReqBody::Stream(b, stats) => match Pin::new(b).poll_frame(cx) {
                 Poll::Ready(Some(Ok(f))) => {
                     if let Some(d) = f.data_ref() {
-                        counter.fetch_add(d.len() as u64, Ordering::Relaxed);
+                        stats.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
                     }
                     Poll::Ready(Some(Ok(f)))
                 }
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(Some(Err(e))) => {
+                    stats.failed.store(true, Ordering::Relaxed);
+                    Poll::Ready(Some(Err(e.into())))
+                }
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
@@ -115,7 +126,7 @@ pub struct AccessLog {
     pub status: u16,
     pub start: Instant,
     pub upstream: Option<Duration>,
-    pub req_bytes: Option<Arc<AtomicU64>>,
+    pub req_bytes: Option<Arc<BodyStats>>,
     pub req_bytes_fixed: u64,
     pub reason: Option<&'static str>,
 }
@@ -143,7 +154,7 @@ impl Drop for Logged {
             let req_bytes = l
                 .req_bytes
                 .as_ref()
-                .map_or(l.req_bytes_fixed, |c| c.load(Ordering::Relaxed));
+                .map_or(l.req_bytes_fixed, |c| c.bytes.load(Ordering::Relaxed));
             tracing::info!(
                 target: "jwt_gate::access",
                 method = %l.method,
