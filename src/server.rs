@@ -206,7 +206,9 @@ impl App {
             );
         }
         // RFC 9112 §6.1/§6.3: a message with both Transfer-Encoding and Content-Length, or
-        // with Transfer-Encoding repeated, is how requests are smuggled; no client needs it
+        // with Transfer-Encoding repeated, is how requests are smuggled; no client needs it.
+        // (hyper 1 already drops Content-Length next to Transfer-Encoding and closes the
+        // connection afterwards; the first check guards against a parser that would not.)
         let te = req
             .headers()
             .get_all(header::TRANSFER_ENCODING)
