@@ -38,3 +38,25 @@ static START: OnceLock<i64> = OnceLock::new();
 pub fn process_start() -> i64 {
     *START.get_or_init(unix_now)
 }
+
+/// Run `f` every `every` (after a first full interval) for as long as `target` lives.
+pub(crate) fn spawn_periodic<T, F, Fut>(
+    target: std::sync::Weak<T>,
+    every: std::time::Duration,
+    f: F,
+) where
+    T: Send + Sync + 'static,
+    F: Fn(std::sync::Arc<T>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(t) = target.upgrade() else { return };
+            f(t).await;
+        }
+    });
+}

@@ -140,17 +140,9 @@ impl App {
         if self.tls.is_none() && self.key_file.is_none() {
             return;
         }
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(app) = weak.upgrade() else { return };
-                // file reads are small and rare, but keep them off the request workers' path
-                let _ = tokio::task::spawn_blocking(move || app.reload(false)).await;
-            }
+        crate::spawn_periodic(Arc::downgrade(self), every, |app: Arc<App>| async move {
+            // file reads are small and rare, but keep them off the request workers
+            let _ = tokio::task::spawn_blocking(move || app.reload(false)).await;
         });
     }
 

@@ -23,6 +23,18 @@ pub struct BodyStats {
     pub failed: std::sync::atomic::AtomicBool,
 }
 
+fn poll_incoming(
+    b: &mut Incoming,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    Pin::new(b).poll_frame(cx).map_err(BoxError::from)
+}
+
+/// A buffered body: its one frame, then the end.
+fn poll_full(b: &mut Option<Bytes>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    Poll::Ready(b.take().map(|d| Ok(Frame::data(d))))
+}
+
 /// What goes upstream: the client's body, streamed and counted, or a verified, buffered one.
 pub enum ReqBody {
     Stream(Incoming, Arc<BodyStats>),
@@ -38,21 +50,20 @@ impl Body for ReqBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ReqBody::Stream(b, stats) => match Pin::new(b).poll_frame(cx) {
-                Poll::Ready(Some(Ok(f))) => {
-                    if let Some(d) = f.data_ref() {
-                        stats.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
+            ReqBody::Stream(b, stats) => {
+                let r = poll_incoming(b, cx);
+                match &r {
+                    Poll::Ready(Some(Ok(f))) => {
+                        if let Some(d) = f.data_ref() {
+                            stats.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
+                        }
                     }
-                    Poll::Ready(Some(Ok(f)))
+                    Poll::Ready(Some(Err(_))) => stats.failed.store(true, Ordering::Relaxed),
+                    _ => {}
                 }
-                Poll::Ready(Some(Err(e))) => {
-                    stats.failed.store(true, Ordering::Relaxed);
-                    Poll::Ready(Some(Err(e.into())))
-                }
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
-            ReqBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+                r
+            }
+            ReqBody::Full(b) => poll_full(b),
         }
     }
 
@@ -92,13 +103,8 @@ impl Body for RespBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            RespBody::Upstream(b) => match Pin::new(b).poll_frame(cx) {
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BoxError::from(e)))),
-                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
-            RespBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            RespBody::Upstream(b) => poll_incoming(b, cx),
+            RespBody::Full(b) => poll_full(b),
         }
     }
 

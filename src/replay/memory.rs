@@ -4,7 +4,7 @@
 //! replay window. Expired entries are swept in the background.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::mapref::entry::Entry;
@@ -29,16 +29,9 @@ impl MemoryStore {
 
     /// Sweep expired entries every `every` until the store is dropped.
     pub fn spawn_sweeper(self: &Arc<Self>, every: Duration) {
-        let weak: Weak<MemoryStore> = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(store) = weak.upgrade() else { return };
-                store.sweep(crate::unix_now());
-            }
+        crate::spawn_periodic(Arc::downgrade(self), every, |store: Arc<MemoryStore>| {
+            store.sweep(crate::unix_now());
+            std::future::ready(())
         });
     }
 
