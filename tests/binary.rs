@@ -16,13 +16,7 @@ use serde_json::json;
 
 /// A well-formed HS256 token signed with a key the gate does not know.
 fn foreign(claims: &serde_json::Value) -> String {
-    use jsonwebtoken::{encode, EncodingKey, Header};
-    encode(
-        &Header::default(),
-        claims,
-        &EncodingKey::from_secret(&[b'f'; 40]),
-    )
-    .unwrap()
+    hs256_with(&[b'f'; 40], claims)
 }
 
 fn run_check(path: &std::path::Path) -> (i32, String) {
@@ -462,15 +456,7 @@ async fn sighup_reloads_the_jwt_key_now() {
         .spawn()
         .unwrap());
     wait_listening(addr2).await;
-    let sign = |secret: &str, email: &str| {
-        use jsonwebtoken::{encode, EncodingKey, Header};
-        encode(
-            &Header::default(),
-            &claims(email),
-            &EncodingKey::from_secret(secret.as_bytes()),
-        )
-        .unwrap()
-    };
+    let sign = |secret: &str, email: &str| hs256_with(secret.as_bytes(), &claims(email));
     let new = "n".repeat(40);
     dir.write("jwt.secret", &new);
     let base = format!("http://{addr2}/users/auth/jwt/callback?jwt=");

@@ -539,15 +539,7 @@ async fn the_jwt_key_file_reloads_when_it_changes() {
         ),
     );
     let gate = Gate::start(&cfg).await;
-    let sign = |secret: &str, email: &str| {
-        use jsonwebtoken::{encode, EncodingKey, Header};
-        encode(
-            &Header::default(),
-            &claims(email),
-            &EncodingKey::from_secret(secret.as_bytes()),
-        )
-        .unwrap()
-    };
+    let sign = |secret: &str, email: &str| hs256_with(secret.as_bytes(), &claims(email));
     assert_eq!(
         get(&callback(&gate, &sign(&old_secret, "a@x")))
             .await

@@ -398,6 +398,17 @@ pub fn hs256(claims: &serde_json::Value) -> String {
     .unwrap()
 }
 
+/// HS256 token signed with another secret (key rotation and forgery tests).
+pub fn hs256_with(secret: &[u8], claims: &serde_json::Value) -> String {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    encode(
+        &Header::default(),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
 /// Sign arbitrary header and payload JSON text with HS256 (for malformed-token cases).
 pub fn hs256_raw(header: &str, payload: &str) -> String {
     use jwt_gate::login::encoding::b64url_encode;
