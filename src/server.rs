@@ -81,7 +81,7 @@ impl App {
                 path: path.clone(),
                 alg: cfg.provider.algorithm,
                 allow_weak: cfg.gate.allow_weak_secret,
-                digest: Mutex::new(file_digest(path)),
+                digest: Mutex::new(crate::tls::files_digest(&[path.as_path()])),
             }),
             SecretSource::Inline => None,
         };
@@ -112,7 +112,7 @@ impl App {
             }
         }
         if let Some(k) = &self.key_file {
-            let d = file_digest(&k.path);
+            let d = crate::tls::files_digest(&[k.path.as_path()]);
             {
                 let mut last = k.digest.lock().unwrap_or_else(|p| p.into_inner());
                 if !force && *last == d {
@@ -450,12 +450,4 @@ pub fn reload_interval(cfg: &Config) -> Duration {
         .tls
         .as_ref()
         .map_or(key, |t| t.reload_interval.min(key))
-}
-
-fn file_digest(path: &std::path::Path) -> Vec<u8> {
-    let d = match std::fs::read(path) {
-        Ok(b) => aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &b),
-        Err(_) => aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"\0missing"),
-    };
-    d.as_ref().to_vec()
 }

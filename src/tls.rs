@@ -119,7 +119,9 @@ pub struct ServerTls {
     pub reloads_failed: AtomicU64,
 }
 
-fn files_digest(paths: &[&Path]) -> Vec<u8> {
+/// SHA-256 over the contents of `paths` (a missing file counts as a marker): what the
+/// reloaders compare to decide whether anything changed.
+pub(crate) fn files_digest(paths: &[&Path]) -> Vec<u8> {
     let mut ctx = digest::Context::new(&digest::SHA256);
     for p in paths {
         match std::fs::read(p) {
