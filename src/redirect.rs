@@ -34,15 +34,7 @@ fn redirect(req: &Request<Incoming>, https_port: u16, callback: &str) -> Respons
         .or_else(|| req.uri().host())
         .unwrap_or("localhost");
     // drop any port the client used for plain HTTP; add the https one unless it is 443
-    let bare = match host.rsplit_once(':') {
-        Some((h, p))
-            if p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(']')
-                || host.starts_with('[') && host.contains("]:") =>
-        {
-            h
-        }
-        _ => host,
-    };
+    let bare = without_port(host);
     let authority = if https_port == 443 {
         bare.to_string()
     } else {
@@ -65,6 +57,18 @@ fn redirect(req: &Request<Incoming>, https_port: u16, callback: &str) -> Respons
     }
 }
 
+/// `host` without a `:port`: `name:80` -> `name`, `[::1]:80` -> `[::1]`; an IPv6 literal
+/// without a port keeps its colons.
+fn without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |i| &host[..=i]);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
 /// Serve redirects until the process ends.
 pub async fn serve(listener: TcpListener, https_port: u16, callback: String) {
     loop {
@@ -84,5 +88,19 @@ pub async fn serve(listener: TcpListener, https_port: u16, callback: String) {
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_port;
+
+    #[test]
+    fn ports_are_dropped_and_ipv6_literals_kept_whole() {
+        assert_eq!(without_port("gitlab.example"), "gitlab.example");
+        assert_eq!(without_port("gitlab.example:80"), "gitlab.example");
+        assert_eq!(without_port("10.0.0.1:8080"), "10.0.0.1");
+        assert_eq!(without_port("[::1]:80"), "[::1]");
+        assert_eq!(without_port("[2001:db8::1]"), "[2001:db8::1]");
     }
 }
