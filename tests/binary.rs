@@ -53,18 +53,7 @@ fn check_accepts_the_example_config_and_lists_every_error_of_a_broken_one() {
     assert!(text.contains("valid_within is unset in GitLab"), "{text}");
 
     // a private key works, with a warning that the public key alone would do
-    openssl(
-        &[
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            "rsa.pem",
-        ],
-        &dir.0,
-    );
+    rsa_key(&dir.0, "rsa.pem");
     let private = dir.write("private.toml", "[upstream]\nurl = \"http://127.0.0.1:8181\"\n[provider]\nalgorithm = \"RS256\"\nsecret_file = \"rsa.pem\"\nvalid_within = 60\n");
     let (code, text) = run_check(&private);
     assert_eq!(code, 0, "{text}");
@@ -154,16 +143,20 @@ async fn run_gate(
     );
     let log = dir.0.join("gate.log");
     let logf = std::fs::File::create(&log).unwrap();
-    let child = Command::new(gate_bin())
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdout(logf.try_clone().unwrap())
-        .stderr(logf)
-        .spawn()
-        .unwrap();
-    let bin = Bin(child);
+    let bin = run_config(&cfg, logf.try_clone().unwrap(), logf);
     wait_listening(addr).await;
     (bin, addr, log)
+}
+
+/// `jwt-gate run --config cfg`, its output sent where the test wants it.
+fn run_config(cfg: &std::path::Path, stdout: impl Into<Stdio>, stderr: impl Into<Stdio>) -> Bin {
+    Bin(Command::new(gate_bin())
+        .args(["run", "--config"])
+        .arg(cfg)
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .unwrap())
 }
 
 fn sigterm(bin: &Bin) {
@@ -354,13 +347,7 @@ async fn admin_health_and_readiness_follow_the_upstream() {
     let admin_port = free_port();
     let gate_port = free_port();
     let cfg = dir.write("gate.toml", &format!("[listen]\naddr = \"127.0.0.1:{gate_port}\"\n[admin]\naddr = \"127.0.0.1:{admin_port}\"\n[upstream]\nurl = \"http://{}\"\n[provider]\nsecret = \"{SECRET}\"\n", up.addr));
-    let _bin = Bin(Command::new(gate_bin())
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
+    let _bin = run_config(&cfg, Stdio::null(), Stdio::null());
     wait_listening(format!("127.0.0.1:{admin_port}").parse().unwrap()).await;
     let admin = |p: &str| format!("http://127.0.0.1:{admin_port}{p}");
     assert_eq!(get(&admin("/healthz")).await.status, 200);
@@ -448,13 +435,7 @@ async fn sighup_reloads_the_jwt_key_now() {
     let port = free_port();
     let addr2: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let cfg = dir.write("hup.toml", &format!("[listen]\naddr = \"{addr2}\"\n[admin]\naddr = \"\"\n[upstream]\nurl = \"http://{}\"\n[provider]\nsecret_file = \"{}\"\n[gate]\nkey_reload_interval = 3600\n", up.addr, key.display()));
-    let bin = Bin(Command::new(gate_bin())
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
+    let bin = run_config(&cfg, Stdio::null(), Stdio::null());
     wait_listening(addr2).await;
     let sign = |secret: &str, email: &str| hs256_with(secret.as_bytes(), &claims(email));
     let new = "n".repeat(40);

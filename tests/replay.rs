@@ -27,21 +27,7 @@ fn jwt_encode(
 fn keys(alg: &'static str, dir: &TempDir) -> Keys {
     use jsonwebtoken::{Algorithm as A, EncodingKey as K};
     let d = dir.0.as_path();
-    let rsa = |name: &str| {
-        openssl(
-            &[
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-                "-out",
-                name,
-            ],
-            d,
-        );
-        std::fs::read_to_string(d.join(name)).unwrap()
-    };
+    let rsa = |name: &str| rsa_key(d, name);
     let ec = |name: &str, curve: &str| {
         openssl(
             &[

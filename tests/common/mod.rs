@@ -473,6 +473,23 @@ pub fn openssl(args: &[&str], dir: &std::path::Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// A fresh 2048-bit RSA private key (PKCS#8 PEM) written by openssl to `dir/name`.
+pub fn rsa_key(dir: &std::path::Path, name: &str) -> String {
+    openssl(
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            name,
+        ],
+        dir,
+    );
+    std::fs::read_to_string(dir.join(name)).unwrap()
+}
+
 /// A child process of the real binary, killed on drop.
 pub struct Bin(pub std::process::Child);
 
