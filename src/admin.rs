@@ -1,5 +1,6 @@
 //! The admin listener (kept off the public one): `/healthz` (the process is alive) and
-//! `/readyz` (listeners bound; upstream reachable, unless configured not to matter).
+//! `/readyz` (listeners bound; upstream reachable, unless configured not to matter) and
+//! `/metrics` (Prometheus, OpenMetrics text: see `metrics.rs`).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,10 +16,17 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
+use prometheus_client::registry::Registry;
+
 use crate::config::Config;
 use crate::server::App;
 
-async fn route(req: Request<Incoming>, cfg: Arc<Config>, app: Arc<App>) -> Response<Full<Bytes>> {
+async fn route(
+    req: Request<Incoming>,
+    cfg: Arc<Config>,
+    app: Arc<App>,
+    registry: Arc<Registry>,
+) -> Response<Full<Bytes>> {
     let text = |status: StatusCode, body: String| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
         *r.status_mut() = status;
@@ -33,6 +41,16 @@ async fn route(req: Request<Incoming>, cfg: Arc<Config>, app: Arc<App>) -> Respo
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/metrics" => {
+            let mut r = text(StatusCode::OK, crate::metrics::render(&registry));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
         "/readyz" => {
             let store = app.gate.store();
             let health = store.health().await;
@@ -80,15 +98,16 @@ where
     F: Future<Output = ()> + Send,
 {
     tokio::pin!(shutdown);
+    let registry = Arc::new(crate::metrics::registry(app.clone()));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let (cfg, app) = (cfg.clone(), app.clone());
+                let (cfg, app, registry) = (cfg.clone(), app.clone(), registry.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
-                        let (cfg, app) = (cfg.clone(), app.clone());
-                        async move { Ok::<_, Infallible>(route(req, cfg, app).await) }
+                        let (cfg, app, registry) = (cfg.clone(), app.clone(), registry.clone());
+                        async move { Ok::<_, Infallible>(route(req, cfg, app, registry).await) }
                     });
                     let _ = http1::Builder::new()
                         .timer(TokioTimer::new())

@@ -13,6 +13,7 @@ pub mod config;
 pub mod demo;
 pub mod explain;
 pub mod login;
+pub mod metrics;
 pub mod proxy;
 pub mod redirect;
 pub mod replay;

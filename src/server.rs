@@ -27,6 +27,7 @@ use crate::config::{Config, SecretSource, StoreKind};
 use crate::login::keys::{Algorithm, VerifyKey};
 use crate::login::route::{classify, Route};
 use crate::login::LoginGate;
+use crate::metrics::{ReloadKind, METRICS};
 use crate::proxy::body::{AccessLog, BodyStats, Logged, ReqBody};
 use crate::proxy::pages::page;
 use crate::proxy::Proxy;
@@ -126,9 +127,11 @@ impl App {
             match loaded {
                 Ok((key, _)) => {
                     self.gate.set_key(key);
+                    METRICS.reload(ReloadKind::JwtKey, true);
                     tracing::info!(target: "jwt_gate::reload", path = %k.path.display(), "JWT verification key reloaded");
                 }
                 Err(e) => {
+                    METRICS.reload(ReloadKind::JwtKey, false);
                     tracing::error!(target: "jwt_gate::reload", path = %k.path.display(), error = %e, "JWT key reload failed; keeping the previous key")
                 }
             }
@@ -377,6 +380,7 @@ where
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                let open = crate::metrics::METRICS.connection();
                 let app = app.clone();
                 let svc = service_fn(move |req| {
                     let app = app.clone();
@@ -387,6 +391,7 @@ where
                         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                         let conn = graceful.watch(conn.into_owned());
                         tokio::spawn(async move {
+                            let _open = open;
                             if let Err(e) = conn.await {
                                 tracing::debug!(target: "jwt_gate::conn", error = %e, client = %peer, "connection ended with an error");
                             }
@@ -400,6 +405,7 @@ where
                         let watcher = graceful.watcher();
                         let deadline = handshake_timeout;
                         tokio::spawn(async move {
+                            let _open = open;
                             let stream = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
                                 Ok(Ok(s)) => s,
                                 Ok(Err(e)) => {

@@ -3,7 +3,9 @@
 //! https upstreams.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use crate::metrics::{ReloadKind, METRICS};
 use std::sync::{Arc, Mutex, RwLock};
 
 use aws_lc_rs::digest;
@@ -115,8 +117,8 @@ pub struct ServerTls {
     files: ServerFiles,
     current: RwLock<Arc<ServerConfig>>,
     digest: Mutex<Vec<u8>>,
-    pub reloads_ok: AtomicU64,
-    pub reloads_failed: AtomicU64,
+    /// notAfter of the serving certificate (unix seconds), 0 when it could not be read.
+    not_after: AtomicI64,
 }
 
 /// SHA-256 over the contents of `paths` (a missing file counts as a marker): what the
@@ -140,12 +142,16 @@ impl ServerTls {
         let cfg = server_config(&files)?;
         let d = files_digest(&files.paths());
         Ok(ServerTls {
-            files,
             current: RwLock::new(Arc::new(cfg)),
             digest: Mutex::new(d),
-            reloads_ok: AtomicU64::new(0),
-            reloads_failed: AtomicU64::new(0),
+            not_after: AtomicI64::new(leaf_not_after(&files.cert).unwrap_or(0)),
+            files,
         })
+    }
+
+    /// When the serving certificate expires (unix seconds), if its notAfter could be read.
+    pub fn not_after(&self) -> Option<i64> {
+        Some(self.not_after.load(Ordering::Relaxed)).filter(|&t| t != 0)
     }
 
     /// The config for a new handshake.
@@ -171,11 +177,15 @@ impl ServerTls {
         match server_config(&self.files) {
             Ok(cfg) => {
                 *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);
-                self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                self.not_after.store(
+                    leaf_not_after(&self.files.cert).unwrap_or(0),
+                    Ordering::Relaxed,
+                );
+                METRICS.reload(ReloadKind::TlsCertificate, true);
                 Some(Ok(()))
             }
             Err(e) => {
-                self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                METRICS.reload(ReloadKind::TlsCertificate, false);
                 Some(Err(e))
             }
         }
@@ -270,4 +280,108 @@ pub fn write_dev_certs(dir: &Path) -> Result<Vec<PathBuf>, String> {
         out.push(p);
     }
     Ok(out)
+}
+
+/// notAfter of the first certificate in a PEM file.
+fn leaf_not_after(path: &Path) -> Option<i64> {
+    let pem = std::fs::read(path).ok()?;
+    let certs = certs_from_pem(&pem, path).ok()?;
+    cert_not_after(certs.first()?.as_ref())
+}
+
+/// One DER element: (tag, contents, rest).
+fn der_next(d: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, d) = d.split_first()?;
+    let (&first, mut d) = d.split_first()?;
+    let len = if first < 0x80 {
+        first as usize
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || d.len() < n {
+            return None;
+        }
+        let len = d[..n].iter().fold(0usize, |a, &b| (a << 8) | b as usize);
+        d = &d[n..];
+        len
+    };
+    (d.len() >= len).then(|| (tag, &d[..len], &d[len..]))
+}
+
+/// notAfter (unix seconds) of a DER X.509 certificate:
+/// Certificate → tbsCertificate → [version] serial signature issuer validity{notBefore notAfter}.
+pub fn cert_not_after(der: &[u8]) -> Option<i64> {
+    let (_, cert, _) = der_next(der)?;
+    let (_, tbs, _) = der_next(cert)?;
+    let (tag, _, mut rest) = der_next(tbs)?;
+    if tag == 0xa0 {
+        rest = der_next(rest)?.2; // the version was explicit: skip the serial too
+    }
+    let rest = der_next(rest)?.2; // signature algorithm
+    let rest = der_next(rest)?.2; // issuer
+    let (_, validity, _) = der_next(rest)?;
+    let (_, _, after) = der_next(validity)?;
+    let (tag, time, _) = der_next(after)?;
+    let s = std::str::from_utf8(time).ok()?;
+    let digits = s.strip_suffix('Z')?;
+    // UTCTime YYMMDDHHMMSS (years 1950–2049, RFC 5280) or GeneralizedTime YYYYMMDDHHMMSS
+    let (year, rest) = match tag {
+        0x17 if digits.len() == 12 => {
+            let yy: i64 = digits[..2].parse().ok()?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, &digits[2..])
+        }
+        0x18 if digits.len() == 14 => (digits[..4].parse().ok()?, &digits[4..]),
+        _ => return None,
+    };
+    let field = |i: usize| -> Option<i64> { rest.get(i..i + 2)?.parse().ok() };
+    let (month, day, h, m, sec) = (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
+    Some(days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + sec)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod expiry_tests {
+    use super::*;
+
+    fn cert_with_not_after(year: i32, month: u8, day: u8) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::new(vec!["gate.test".into()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(year, month, day);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn reads_not_after_in_both_time_forms() {
+        // 2030 is a UTCTime, 2051 a GeneralizedTime (RFC 5280 §4.1.2.5)
+        assert_eq!(
+            cert_not_after(&cert_with_not_after(2030, 6, 1)),
+            Some(1_906_502_400)
+        );
+        assert_eq!(
+            cert_not_after(&cert_with_not_after(2051, 1, 2)),
+            Some(2_556_230_400)
+        );
+    }
+
+    #[test]
+    fn garbage_is_none() {
+        assert_eq!(cert_not_after(b""), None);
+        assert_eq!(cert_not_after(&[0x30, 0x82, 0xff]), None);
+        let good = cert_with_not_after(2030, 6, 1);
+        assert_eq!(cert_not_after(&good[..good.len() / 2]), None);
+    }
+
+    #[test]
+    fn civil_days() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+    }
 }

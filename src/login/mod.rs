@@ -112,6 +112,7 @@ impl LoginGate {
             Ok(_) => ("forwarded", "ok", 0),
             Err(r) => ("rejected", r.reason, r.status.as_u16()),
         };
+        crate::metrics::METRICS.login(reason, t0.elapsed());
         tracing::info!(
             target: "jwt_gate::audit",
             outcome,
@@ -205,11 +206,15 @@ impl LoginGate {
         let verified = verifier.verify(&token, now, audit, &mut ())?;
 
         // 4. single use
-        match self
+        let t_store = Instant::now();
+        let recorded = self
             .store
             .check_and_record(&verified.replay_key, verified.expires_at, now)
-            .await
-        {
+            .await;
+        crate::metrics::METRICS
+            .store_latency
+            .observe(t_store.elapsed());
+        match recorded {
             Ok(Recorded::Fresh) => {}
             Ok(Recorded::Replayed) => {
                 return Err(Rejection::new(
@@ -219,6 +224,7 @@ impl LoginGate {
                 ))
             }
             Err(e) => {
+                crate::metrics::METRICS.store_error(e == crate::replay::StoreError::Full);
                 tracing::error!(target: "jwt_gate::replay", error = %e, "replay store refused a login");
                 return Err(Rejection::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -157,6 +157,10 @@ impl Logged {
 impl Drop for Logged {
     fn drop(&mut self) {
         if let Some(l) = self.log.take() {
+            crate::metrics::METRICS.request(&l.method, l.status);
+            if let Some(u) = l.upstream {
+                crate::metrics::METRICS.upstream_latency.observe(u);
+            }
             let req_bytes = l
                 .req_bytes
                 .as_ref()
