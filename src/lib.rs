@@ -12,6 +12,7 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod explain;
+pub mod import;
 pub mod login;
 pub mod metrics;
 pub mod proxy;

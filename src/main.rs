@@ -57,6 +57,12 @@ enum Cmd {
         #[arg(long, default_value = "certs/dev")]
         dir: PathBuf,
     },
+    /// Print the `[provider]` TOML equivalent to GitLab's own JWT provider settings, read
+    /// from config/gitlab.yml (source installs) or /etc/gitlab/gitlab.rb (Omnibus).
+    ImportGitlab {
+        /// gitlab.yml or gitlab.rb
+        path: PathBuf,
+    },
     /// Explain, check by check, whether a token would pass (token as argument or on stdin).
     Explain {
         #[arg(long, short)]
@@ -105,6 +111,25 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Explain { config, token } => explain_cmd(&config, token),
+        Cmd::ImportGitlab { path } => match jwt_gate::import::import(&path) {
+            Ok(toml) => {
+                print!("{toml}");
+                let problems = jwt_gate::import::problems(&toml);
+                if problems.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    eprintln!("jwt-gate will refuse this [provider] until it is fixed:");
+                    for p in problems {
+                        eprintln!("  - {p}");
+                    }
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => {
+                eprintln!("jwt-gate import-gitlab: {e}");
+                ExitCode::from(1)
+            }
+        },
         Cmd::Run { config } => {
             init_logging(cli.log_format, cli.log_level.as_deref());
             let cfg = match Config::load(&config) {
