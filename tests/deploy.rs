@@ -1,0 +1,532 @@
+//! The deployment files (deploy/, Dockerfile): no cluster or container engine runs here, so
+//! every manifest is parsed and checked against the config it ships — ports, paths, probe
+//! targets, mounted file names — and the config itself is run through `jwt-gate check` with
+//! exactly the files the manifests mount. The systemd unit goes through
+//! `systemd-analyze`, and the binary is run the way the image runs it: as uid 65532 on a
+//! read-only root filesystem.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::*;
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn repo(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+fn read(p: &str) -> String {
+    std::fs::read_to_string(repo(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
+}
+
+fn yaml_docs(text: &str) -> Vec<Yaml> {
+    YamlLoader::load_from_str(text).unwrap_or_else(|e| panic!("invalid YAML: {e}\n{text}"))
+}
+
+fn s(y: &Yaml) -> String {
+    match y {
+        Yaml::String(s) => s.clone(),
+        Yaml::Integer(i) => i.to_string(),
+        other => panic!("expected a scalar, got {other:?}"),
+    }
+}
+
+/// One container spec as the tests need it.
+struct Sidecar {
+    container: Yaml,
+    volumes: Vec<Yaml>,
+}
+
+/// What a pod gives the gate: mount path -> file name -> where it comes from.
+fn mounted_files(side: &Sidecar, sources: &BTreeMap<String, Vec<String>>) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for m in side.container["volumeMounts"].as_vec().unwrap() {
+        let name = s(&m["name"]);
+        let path = s(&m["mountPath"]);
+        assert_eq!(
+            m["readOnly"].as_bool(),
+            Some(true),
+            "{name} is not read-only"
+        );
+        let vol = side
+            .volumes
+            .iter()
+            .find(|v| s(&v["name"]) == name)
+            .unwrap_or_else(|| panic!("volumeMount {name} has no volume"));
+        let keys: Vec<String> = if let Some(items) = vol["secret"]["items"].as_vec() {
+            items.iter().map(|i| s(&i["path"])).collect()
+        } else {
+            let source = if !vol["configMap"].is_badvalue() {
+                s(&vol["configMap"]["name"])
+            } else {
+                s(&vol["secret"]["secretName"])
+            };
+            sources
+                .get(&source)
+                .unwrap_or_else(|| panic!("volume {name}: no object {source} is shipped"))
+                .clone()
+        };
+        for k in keys {
+            files.push(Path::new(&path).join(k));
+        }
+    }
+    files
+}
+
+/// `jwt-gate check` on `toml` where every `/etc/jwt-gate/...` path is re-rooted in a temp
+/// dir holding exactly the files in `mounted` (the key files get usable contents).
+fn check_with_mounted_files(toml: &str, mounted: &[PathBuf]) -> (bool, String) {
+    let dir = TempDir::new("deploy-mounts");
+    let root = dir.0.join("root");
+    for f in mounted {
+        let local = root.join(f.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(local.parent().unwrap()).unwrap();
+        let name = f.file_name().unwrap().to_str().unwrap();
+        let body = match name {
+            "jwt.key" => "k".repeat(40),
+            "password" => "redis-password".to_string(),
+            _ => String::new(),
+        };
+        std::fs::write(&local, body).unwrap();
+    }
+    let rooted = toml.replace(
+        "\"/etc/jwt-gate/",
+        &format!("\"{}/etc/jwt-gate/", root.display()),
+    );
+    let cfg = dir.write("check.toml", &rooted);
+    let out = Command::new(gate_bin())
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn toml_value(toml: &str) -> toml::Table {
+    toml.parse().unwrap()
+}
+
+fn port_of(addr: &str) -> i64 {
+    addr.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// The checks both Kubernetes variants must pass.
+fn check_sidecar(
+    variant: &str,
+    side: &Sidecar,
+    toml: &str,
+    sources: &BTreeMap<String, Vec<String>>,
+) {
+    let c = &side.container;
+    let cfg = toml_value(toml);
+    // the config file the container is told to read is one the pod mounts
+    let args: Vec<String> = c["args"].as_vec().unwrap().iter().map(s).collect();
+    let at = args.iter().position(|a| a == "--config").unwrap();
+    let config_path = PathBuf::from(&args[at + 1]);
+    let mounted = mounted_files(side, sources);
+    assert!(
+        mounted.contains(&config_path),
+        "{variant}: {config_path:?} is not mounted (mounted: {mounted:?})"
+    );
+    // every file the config names is mounted, and the gate accepts the config with them
+    let (ok, out) = check_with_mounted_files(toml, &mounted);
+    assert!(
+        ok,
+        "{variant}: jwt-gate check failed with the mounted files:\n{out}"
+    );
+
+    // probes: the admin listener, reachable from the kubelet (not loopback)
+    let admin = cfg["admin"]["addr"].as_str().unwrap();
+    assert!(
+        !admin.starts_with("127."),
+        "{variant}: admin on loopback: probes cannot reach it"
+    );
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        assert_eq!(s(&c[probe]["httpGet"]["path"]), path, "{variant} {probe}");
+        assert_eq!(
+            c[probe]["httpGet"]["port"].as_i64(),
+            Some(port_of(admin)),
+            "{variant} {probe} port"
+        );
+    }
+    // hardening
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsNonRoot"].as_bool(), Some(true), "{variant}");
+    assert_eq!(
+        sc["readOnlyRootFilesystem"].as_bool(),
+        Some(true),
+        "{variant}"
+    );
+    assert_eq!(
+        sc["allowPrivilegeEscalation"].as_bool(),
+        Some(false),
+        "{variant}"
+    );
+    assert_eq!(
+        sc["capabilities"]["drop"]
+            .as_vec()
+            .map(|v| v.iter().map(s).collect::<Vec<_>>()),
+        Some(vec!["ALL".to_string()]),
+        "{variant}"
+    );
+    // the image's USER
+    let dockerfile = read("Dockerfile");
+    let user = dockerfile
+        .lines()
+        .rfind(|l| l.starts_with("USER "))
+        .unwrap()
+        .trim_start_matches("USER ")
+        .split(':')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        s(&sc["runAsUser"]),
+        user,
+        "{variant}: runAsUser is not the image's USER"
+    );
+    for k in ["requests", "limits"] {
+        assert!(
+            !c["resources"][k]["memory"].is_badvalue(),
+            "{variant}: resources.{k}.memory"
+        );
+    }
+    // the replay store is GitLab's Redis, with the password from a mounted file
+    assert_eq!(cfg["replay"]["store"].as_str(), Some("redis"));
+    assert!(cfg["replay"]["redis_url"]
+        .as_str()
+        .unwrap()
+        .contains("redis"));
+}
+
+fn inner(values: &Yaml, key: &str) -> Vec<Yaml> {
+    let text = s(&values["gitlab"]["webservice"][key]);
+    match yaml_docs(&text).into_iter().next() {
+        Some(Yaml::Array(a)) => a,
+        other => panic!("{key} is not a YAML list: {other:?}"),
+    }
+}
+
+#[test]
+fn helm_values_agree_with_the_config_they_ship() {
+    let toml = read("deploy/kubernetes/jwt-gate.toml");
+    let cfg = toml_value(&toml);
+    let values = yaml_docs(&read("deploy/helm/values-jwt-gate.yaml")).remove(0);
+    let objects = yaml_docs(&read("deploy/helm/jwt-gate-objects.yaml"));
+
+    // the shipped objects: ConfigMap (holding exactly deploy/kubernetes/jwt-gate.toml) and Secret
+    let mut sources = BTreeMap::new();
+    for o in &objects {
+        let name = s(&o["metadata"]["name"]);
+        let data = match s(&o["kind"]).as_str() {
+            "ConfigMap" => &o["data"],
+            "Secret" => &o["stringData"],
+            k => panic!("unexpected {k}"),
+        };
+        let keys: Vec<String> = data.as_hash().unwrap().keys().map(s).collect();
+        if s(&o["kind"]) == "ConfigMap" {
+            assert_eq!(
+                s(&data["jwt-gate.toml"]),
+                toml,
+                "ConfigMap differs from deploy/kubernetes/jwt-gate.toml"
+            );
+        }
+        sources.insert(name, keys);
+    }
+    let containers = inner(&values, "extraContainers");
+    let gate = containers
+        .iter()
+        .find(|c| s(&c["name"]) == "jwt-gate")
+        .expect("a jwt-gate container")
+        .clone();
+    let side = Sidecar {
+        container: gate,
+        volumes: inner(&values, "extraVolumes"),
+    };
+    check_sidecar("helm", &side, &toml, &sources);
+
+    // the Service's workhorse targetPort is the gate's listener ...
+    let listen = port_of(cfg["listen"]["addr"].as_str().unwrap());
+    assert_eq!(
+        values["gitlab"]["webservice"]["service"]["workhorseInternalPort"].as_i64(),
+        Some(listen)
+    );
+    // ... and Workhorse moved to the loopback address the gate forwards to
+    let upstream = cfg["upstream"]["url"].as_str().unwrap();
+    let extra = s(&values["gitlab"]["webservice"]["workhorse"]["extraArgs"]);
+    assert_eq!(
+        extra,
+        format!("-listenAddr {}", upstream.trim_start_matches("http://"))
+    );
+    assert!(upstream.starts_with("http://127.0.0.1:"));
+}
+
+#[test]
+fn kustomize_variant_agrees_with_the_config_it_ships() {
+    let toml = read("deploy/kustomize/jwt-gate.toml");
+    assert_eq!(toml, read("deploy/kubernetes/jwt-gate.toml"));
+    let cfg = toml_value(&toml);
+    let k = yaml_docs(&read("deploy/kustomize/kustomization.yaml")).remove(0);
+    let mut sources = BTreeMap::new();
+    for (gen, kind) in [("configMapGenerator", "cm"), ("secretGenerator", "secret")] {
+        for g in k[gen].as_vec().unwrap() {
+            let files: Vec<String> = g["files"]
+                .as_vec()
+                .unwrap()
+                .iter()
+                .map(|f| {
+                    let f = s(f);
+                    let (key, file) = f.split_once('=').unwrap_or((&f, &f));
+                    assert!(
+                        repo(&format!("deploy/kustomize/{file}")).exists(),
+                        "{kind} file {file}"
+                    );
+                    key.to_string()
+                })
+                .collect();
+            sources.insert(s(&g["name"]), files);
+        }
+    }
+    for p in k["resources"].as_vec().unwrap() {
+        assert!(repo(&format!("deploy/kustomize/{}", s(p))).exists());
+    }
+    let patches: Vec<String> = k["patches"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|p| s(&p["path"]))
+        .collect();
+    let deployment = yaml_docs(&read(&format!("deploy/kustomize/{}", patches[0]))).remove(0);
+    let service = yaml_docs(&read(&format!("deploy/kustomize/{}", patches[1]))).remove(0);
+    let spec = &deployment["spec"]["template"]["spec"];
+    let containers = spec["containers"].as_vec().unwrap();
+    let gate = containers
+        .iter()
+        .find(|c| s(&c["name"]) == "jwt-gate")
+        .unwrap()
+        .clone();
+    let side = Sidecar {
+        container: gate.clone(),
+        volumes: spec["volumes"].as_vec().unwrap().clone(),
+    };
+    check_sidecar("kustomize", &side, &toml, &sources);
+
+    let listen = port_of(cfg["listen"]["addr"].as_str().unwrap());
+    assert_eq!(
+        service["spec"]["ports"][0]["targetPort"].as_i64(),
+        Some(listen),
+        "the Service must target the gate"
+    );
+    assert!(gate["ports"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .any(|p| p["containerPort"].as_i64() == Some(listen)));
+    // the patched resources exist under the same names in the base
+    let base = yaml_docs(&read("deploy/kustomize/gitlab-webservice.yaml"));
+    for patched in [&deployment, &service] {
+        assert!(base.iter().any(|b| b["kind"] == patched["kind"]
+            && b["metadata"]["name"] == patched["metadata"]["name"]));
+    }
+    let workhorse = containers
+        .iter()
+        .find(|c| s(&c["name"]) == "gitlab-workhorse")
+        .unwrap();
+    let upstream = cfg["upstream"]["url"].as_str().unwrap();
+    assert_eq!(
+        s(&workhorse["env"][0]["value"]),
+        format!("-listenAddr {}", upstream.trim_start_matches("http://"))
+    );
+}
+
+#[test]
+fn omnibus_config_and_gitlab_rb_snippet_agree() {
+    let toml = read("deploy/omnibus/jwt-gate.toml");
+    let cfg = toml_value(&toml);
+    let snippet = read("deploy/omnibus/gitlab.rb.snippet");
+    let nginx_port: i64 = snippet
+        .lines()
+        .find_map(|l| l.strip_prefix("nginx['listen_port'] = "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let upstream = cfg["upstream"]["url"].as_str().unwrap();
+    assert_eq!(upstream, format!("http://127.0.0.1:{nginx_port}"));
+    assert!(snippet.contains("nginx['listen_addresses'] = ['127.0.0.1']"));
+    assert!(snippet.contains("nginx['listen_https'] = false"));
+    assert_eq!(port_of(cfg["listen"]["addr"].as_str().unwrap()), 443);
+
+    // the config checks with real certificate and key files where it expects them
+    let dir = TempDir::new("omnibus");
+    let root = dir.0.join("root/etc/jwt-gate");
+    std::fs::create_dir_all(root.join("tls")).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["gitlab.example.com".into()]).unwrap();
+    params.not_after = rcgen::date_time_ymd(2035, 1, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(
+        root.join("tls/tls.crt"),
+        params.self_signed(&key).unwrap().pem(),
+    )
+    .unwrap();
+    std::fs::write(root.join("tls/tls.key"), key.serialize_pem()).unwrap();
+    std::fs::write(root.join("jwt.key"), "k".repeat(40)).unwrap();
+    let rooted = toml.replace("\"/etc/jwt-gate/", &format!("\"{}/", root.display()));
+    let cfg_path = dir.write("omnibus.toml", &rooted);
+    let out = Command::new(gate_bin())
+        .args(["check", "--config"])
+        .arg(&cfg_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // the systemd unit reads the config where the guide installs it
+    let unit = read("deploy/systemd/jwt-gate.service");
+    assert!(unit.contains("--config /etc/jwt-gate/jwt-gate.toml"));
+    assert!(read("deploy/omnibus/README.md").contains("/etc/jwt-gate/jwt-gate.toml"));
+}
+
+#[test]
+fn systemd_unit_verifies_and_is_hardened() {
+    let unit = read("deploy/systemd/jwt-gate.service");
+    for line in [
+        "User=jwt-gate",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ] {
+        assert!(unit.lines().any(|l| l == line), "missing {line}");
+    }
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("systemd-analyze is not installed: verify and security checks not run");
+        return;
+    }
+    // verify with the ExecStart binary pointing at the one just built
+    let dir = TempDir::new("unit");
+    let local = unit.replace("/usr/local/bin/jwt-gate", gate_bin().to_str().unwrap());
+    let path = dir.write("jwt-gate.service", &local);
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.trim().is_empty(),
+        "systemd-analyze verify:\n{text}"
+    );
+    // exposure (0–10, lower is better; 2.0 is the top of "OK"): the threshold is ×10
+    let sec = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--threshold=20"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&sec.stdout);
+    assert!(sec.status.success(), "exposure above 2.0:\n{report}");
+    assert!(report.contains("Overall exposure level"), "{report}");
+}
+
+#[test]
+fn dockerfile_is_multi_stage_nonroot_and_runs_the_config_the_manifests_mount() {
+    let d = read("Dockerfile");
+    let froms: Vec<&str> = d.lines().filter(|l| l.starts_with("FROM ")).collect();
+    assert!(froms.len() >= 2, "multi-stage");
+    assert!(
+        froms.last().unwrap().contains("distroless"),
+        "small runtime: {froms:?}"
+    );
+    let user = d.lines().rfind(|l| l.starts_with("USER ")).unwrap();
+    assert!(!user.contains(" 0") && !user.contains("root"), "{user}");
+    let copy = d
+        .lines()
+        .find(|l| l.starts_with("COPY --from=build"))
+        .unwrap();
+    let dest = copy.split_whitespace().last().unwrap();
+    let entry = d.lines().find(|l| l.starts_with("ENTRYPOINT")).unwrap();
+    assert!(entry.contains(&format!("\"{dest}\"")), "{entry} vs {copy}");
+    // the build stage's source list covers what the crate needs
+    for p in ["Cargo.toml", "Cargo.lock", "src"] {
+        assert!(
+            d.contains(&format!("COPY {p}")) || d.contains(&format!(" {p} ")),
+            "{p}"
+        );
+    }
+}
+
+/// The image's runtime conditions, without an image: the real binary as uid/gid 65532 on a
+/// root filesystem remounted read-only (a private mount namespace), serving traffic.
+#[tokio::test]
+async fn the_binary_serves_as_nonroot_on_a_read_only_root() {
+    let root = Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&root.stdout).trim() != "0" {
+        eprintln!("not root: the read-only-root run needs unshare -m; not run");
+        return;
+    }
+    let up = Upstream::start().await;
+    let dir = TempDir::new("ro-root");
+    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let key = dir.write("jwt.key", SECRET);
+    let cfg = dir.write(
+        "gate.toml",
+        &format!("[listen]\naddr = \"{addr}\"\n[admin]\naddr = \"{admin}\"\n[upstream]\nurl = \"http://{}\"\n[provider]\nsecret_file = \"{}\"\n", up.addr, key.display()),
+    );
+    let bin = gate_bin();
+    let script = format!(
+        "mount --make-rprivate / && for m in $(awk '{{print $2}}' /proc/mounts | sort -u); do mount -o remount,bind,ro \"$m\" 2>/dev/null; done; \
+         if touch /tmp/.rw-probe 2>/dev/null || touch {dir}/.rw-probe 2>/dev/null; then echo 'root is writable' >&2; exit 97; fi; \
+         exec setpriv --reuid=65532 --regid=65532 --clear-groups --no-new-privs {bin} run --config {cfg}",
+        dir = dir.0.display(),
+        bin = bin.display(),
+        cfg = cfg.display()
+    );
+    let child = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let bin = Bin(child);
+    wait_listening(addr).await;
+    // the process serving is the gate, as 65532
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid.split_whitespace().skip(1).all(|u| u == "65532"),
+        "{uid}"
+    );
+    assert_eq!(
+        get(&format!("http://{addr}/api/v4/version")).await.status,
+        200
+    );
+    let token = hs256(&claims("ro@example.com"));
+    let link = format!("http://{addr}/users/auth/jwt/callback?jwt={token}");
+    assert_eq!(get(&link).await.status, 200);
+    assert_eq!(get(&link).await.reason(), Some("replayed"));
+    assert_eq!(get(&format!("http://{admin}/readyz")).await.status, 200);
+    assert_eq!(up.count(), 2);
+    drop(bin);
+}
