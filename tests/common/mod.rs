@@ -30,6 +30,8 @@ pub struct Seen {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub body_len: u64,
+    /// The body ended properly (false: the connection failed mid-body).
+    pub body_complete: bool,
 }
 
 type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
@@ -151,6 +153,7 @@ async fn handle_upstream(
             headers,
             body: Bytes::new(),
             body_len: 0,
+            body_complete: true,
         });
         let Some(key) = key else {
             return Ok(Response::builder()
@@ -195,6 +198,7 @@ async fn handle_upstream(
             headers,
             body: Bytes::new(),
             body_len: 0,
+            body_complete: true,
         });
         let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
         let chunks = n / chunk.len() as u64;
@@ -214,7 +218,12 @@ async fn handle_upstream(
     if path == "/upload" {
         let mut body = req.into_body();
         let mut n = 0u64;
-        while let Some(Ok(f)) = body.frame().await {
+        let mut complete = true;
+        while let Some(f) = body.frame().await {
+            let Ok(f) = f else {
+                complete = false;
+                break;
+            };
             if let Some(d) = f.data_ref() {
                 n += d.len() as u64;
             }
@@ -226,6 +235,7 @@ async fn handle_upstream(
             headers,
             body: Bytes::new(),
             body_len: n,
+            body_complete: complete,
         });
         return Ok(Response::new(full(n.to_string())));
     }
@@ -235,12 +245,9 @@ async fn handle_upstream(
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
+    let collected = req.into_body().collect().await.map(|c| c.to_bytes());
+    let body_complete = collected.is_ok();
+    let body = collected.unwrap_or_default();
     let reply = format!("upstream saw {method} {target}");
     seen.lock().unwrap().push(Seen {
         version,
@@ -249,6 +256,7 @@ async fn handle_upstream(
         headers,
         body_len: body.len() as u64,
         body,
+        body_complete,
     });
     Ok(Response::builder()
         .header("x-upstream", "yes")
