@@ -145,7 +145,7 @@ async fn chunk_extensions_bare_lf_and_a_missing_last_chunk() {
     // a valid extension is dropped; the body arrives exactly, once
     let r = attack(
         &gate,
-        &format!("POST /ext HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5;name=\"v\"\r\nhello\r\n0\r\n\r\n"),
+        "POST /ext HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5;name=\"v\"\r\nhello\r\n0\r\n\r\n",
     )
     .await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
