@@ -1,15 +1,50 @@
-//! Mint HS256 callback tokens for load tests: `cargo run --release --example mint_tokens -- SECRET N [VALID_SECONDS]`
-//! prints N tokens, one per line, each with its own jti, issued now.
+//! Mint callback tokens for load tests, one per line, each with its own jti, issued now:
+//!   cargo run --release --example mint_tokens -- SECRET N [VALID_SECONDS]              # HS256
+//!   cargo run --release --example mint_tokens -- KEY.pem N VALID_SECONDS RS256|ES256   # PKCS#8 private key
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{self, EcdsaKeyPair, RsaKeyPair};
+use jwt_gate::login::encoding::{b64url_encode, pem_first_block};
+
+/// Signs a JWT signing input.
+type Signer = Box<dyn Fn(&[u8]) -> Vec<u8>>;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        eprintln!("usage: mint_tokens SECRET N [VALID_SECONDS]");
+        eprintln!("usage: mint_tokens SECRET|KEY.pem N [VALID_SECONDS] [HS256|RS256|ES256]");
         std::process::exit(2);
     }
-    let secret = args[1].as_bytes();
     let n: u64 = args[2].parse().unwrap_or(1);
     let valid: i64 = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(600);
+    let alg = args.get(4).map_or("HS256", String::as_str);
+    let rng = SystemRandom::new();
+    let der = || {
+        let pem = std::fs::read(&args[1]).unwrap_or_else(|e| panic!("{}: {e}", args[1]));
+        pem_first_block(&pem).unwrap_or_else(|e| panic!("{e}")).der
+    };
+    let sign: Signer = match alg {
+        "HS256" => {
+            let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, args[1].as_bytes());
+            Box::new(move |m| aws_lc_rs::hmac::sign(&key, m).as_ref().to_vec())
+        }
+        "RS256" => {
+            let kp = RsaKeyPair::from_pkcs8(&der()).expect("an RSA PKCS#8 key");
+            Box::new(move |m| {
+                let mut sig = vec![0; kp.public_modulus_len()];
+                kp.sign(&signature::RSA_PKCS1_SHA256, &rng, m, &mut sig)
+                    .expect("RSA signing");
+                sig
+            })
+        }
+        "ES256" => {
+            let kp = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &der())
+                .expect("a P-256 PKCS#8 key");
+            Box::new(move |m| kp.sign(&rng, m).expect("ECDSA signing").as_ref().to_vec())
+        }
+        other => panic!("unsupported algorithm {other}"),
+    };
+    let header = b64url_encode(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#).as_bytes());
     let now = jwt_gate::unix_now();
     let mut out = String::new();
     for i in 0..n {
@@ -17,7 +52,11 @@ fn main() {
             "iss": "bench-idp", "name": "Bench User", "email": format!("user{i}@bench.example"),
             "iat": now, "exp": now + valid, "jti": format!("bench-{now}-{i}"),
         });
-        out.push_str(&jwt_gate::demo::sign_hs256(secret, &claims));
+        let input = format!("{header}.{}", b64url_encode(claims.to_string().as_bytes()));
+        let sig = sign(input.as_bytes());
+        out.push_str(&input);
+        out.push('.');
+        out.push_str(&b64url_encode(&sig));
         out.push('\n');
     }
     print!("{out}");

@@ -6,7 +6,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 /// RFC 9110 §7.6.1: hop-by-hop fields, plus the legacy ones proxies still see.
-const HOP_BY_HOP: [HeaderName; 8] = [
+static UPGRADE: HeaderName = header::UPGRADE;
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -35,13 +36,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             }
         }
     }
-    for h in &HOP_BY_HOP {
+    // one scan over what is there, then removals only for what was found: a request without
+    // hop-by-hop fields (the common case) costs no hash lookups
+    let mut found: [Option<&HeaderName>; 9] = [None; 9];
+    let mut n = 0;
+    for k in headers.keys() {
+        let hop = HOP_BY_HOP.iter().find(|h| *h == k);
+        let hop = hop.or((!keep_upgrade && k == header::UPGRADE).then_some(&UPGRADE));
+        if let Some(h) = hop {
+            if n < found.len() && !found[..n].contains(&Some(h)) {
+                found[n] = Some(h);
+                n += 1;
+            }
+        }
+    }
+    for h in found.into_iter().flatten() {
         headers.remove(h);
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
     }
 }
 

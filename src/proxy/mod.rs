@@ -83,9 +83,11 @@ impl Proxy {
         builder
             .pool_idle_timeout(up.pool_idle_timeout)
             .pool_max_idle_per_host(up.pool_max_idle_per_host)
-            // bounds each upstream connection's read buffer (hyper grows it adaptively up to
-            // ~400 KB by default): large downloads then cost 64 KiB a connection, not 400
-            .http1_max_buf_size(64 * 1024)
+            // a fixed 32 KiB read buffer per upstream connection (hyper grows it adaptively up
+            // to ~400 KB by default, and a 64 KiB cap still cost ~200 KiB per streaming
+            // connection): 1,000 concurrent 1 MiB downloads took 204 MiB with the cap, 112
+            // with this, at the same CPU per MiB (bench/, BENCHMARKS.md)
+            .http1_read_buf_exact_size(32 * 1024)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new());
         if up.http2 {
