@@ -162,7 +162,9 @@ def mint(alg, count, name):
     # two processes (both cores) for the slow RSA signatures
     half = count // 2 + 1
     with open(path, "w") as f:
-        ps = [subprocess.Popen([str(MINT), key, str(half), "3600", alg], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+        # each process numbers its tokens from its own offset: jtis never repeat
+        ps = [subprocess.Popen([str(MINT), key, str(half), "3600", alg, str(i * half)], stdout=subprocess.PIPE, text=True)
+              for i in range(2)]
         for p in ps:
             f.write(p.communicate()[0])
     return path
@@ -295,6 +297,7 @@ url = "http://127.0.0.1:{upstream}"
 [provider]
 algorithm = "{alg}"
 {secret}
+valid_within = 3600
 [replay]
 reject_issued_before_start = false
 # every token of every run stays recorded (they are valid for an hour)
@@ -454,12 +457,18 @@ def main():
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     results = {"versions": versions, "runs": RUNS, "duration": DUR, "conns": CONNS, "scenarios": {}}
-    for alg in ("HS256", "RS256", "ES256"):
-        if f"walk-{alg.lower()}" in SCENARIOS:
-            # one file per gate run (every token used once), sized above the fastest rate seen
-            per_run = (40000 if alg != "RS256" else 14000) * DUR
-            WALK_TOKENS[alg] = [mint(alg, per_run, f"tokens-{alg}-{i}.txt") for i in range(RUNS)]
+    if os.environ.get("MERGE") and (OUT / "latest.json").exists():
+        # add to (or redo scenarios of) an earlier run, e.g. SCENARIOS="walk-rs256" MERGE=1
+        earlier = json.loads((OUT / "latest.json").read_text())
+        results["scenarios"] = earlier["scenarios"]
+        results["measured_at"] = earlier.get("measured_at", {})
     for scenario in SCENARIOS:
+        if scenario.startswith("walk-"):
+            # minted just before the scenario; one file per gate run (every token used once),
+            # sized above the fastest rate seen
+            alg = scenario.split("-")[1].upper()
+            per_run = (40000 if alg != "RS256" else 22000) * DUR
+            WALK_TOKENS[alg] = [mint(alg, per_run, f"tokens-{alg}-{i}.txt") for i in range(RUNS)]
         rows = {}
         for target in TARGETS:
             print(f"== {scenario} / {target}", file=sys.stderr, flush=True)
@@ -473,6 +482,7 @@ def main():
                 rows[target] = r
                 print(f"   {json.dumps(r)}", file=sys.stderr, flush=True)
         results["scenarios"][scenario] = rows
+        results.setdefault("measured_at", {})[scenario] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         (OUT / "latest.json").write_text(json.dumps(results, indent=1))
     return results
 

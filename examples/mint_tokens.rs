@@ -1,6 +1,7 @@
 //! Mint callback tokens for load tests, one per line, each with its own jti, issued now:
 //!   cargo run --release --example mint_tokens -- SECRET N [VALID_SECONDS]              # HS256
 //!   cargo run --release --example mint_tokens -- KEY.pem N VALID_SECONDS RS256|ES256   # PKCS#8 private key
+//! A sixth argument numbers the tokens from there (several minting processes, distinct jtis).
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, RsaKeyPair};
@@ -18,6 +19,7 @@ fn main() {
     let n: u64 = args[2].parse().unwrap_or(1);
     let valid: i64 = args.get(3).and_then(|v| v.parse().ok()).unwrap_or(600);
     let alg = args.get(4).map_or("HS256", String::as_str);
+    let first: u64 = args.get(5).and_then(|v| v.parse().ok()).unwrap_or(0);
     let rng = SystemRandom::new();
     let der = || {
         let pem = std::fs::read(&args[1]).unwrap_or_else(|e| panic!("{}: {e}", args[1]));
@@ -47,7 +49,7 @@ fn main() {
     let header = b64url_encode(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#).as_bytes());
     let now = jwt_gate::unix_now();
     let mut out = String::new();
-    for i in 0..n {
+    for i in first..first + n {
         let claims = serde_json::json!({
             "iss": "bench-idp", "name": "Bench User", "email": format!("user{i}@bench.example"),
             "iat": now, "exp": now + valid, "jti": format!("bench-{now}-{i}"),

@@ -394,8 +394,14 @@ fn header_value(text: &str) -> Result<HeaderValue, Reject> {
 
 /// First 8 bytes of SHA-256, hex: enough to correlate audit lines, not to recover a value.
 pub fn short_hash(data: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let d = digest::digest(&digest::SHA256, data);
-    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(16);
+    for b in &d.as_ref()[..8] {
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 15) as usize] as char);
+    }
+    out
 }
 
 fn short_text(v: &Value) -> String {
@@ -424,6 +430,12 @@ pub fn sanitize(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_hash_is_the_first_8_bytes_of_sha256_in_hex() {
+        // SHA-256("abc") = ba7816bf8f01cfea 414140de5dae2223 ...
+        assert_eq!(short_hash(b"abc"), "ba7816bf8f01cfea");
+    }
     use crate::login::encoding::b64url_encode;
 
     const SECRET: &str = "unit-secret-0123456789abcdefghijklmn";
