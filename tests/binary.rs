@@ -148,17 +148,6 @@ async fn run_gate(
     (bin, addr, log)
 }
 
-/// `jwt-gate run --config cfg`, its output sent where the test wants it.
-fn run_config(cfg: &std::path::Path, stdout: impl Into<Stdio>, stderr: impl Into<Stdio>) -> Bin {
-    Bin(Command::new(gate_bin())
-        .args(["run", "--config"])
-        .arg(cfg)
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
-        .unwrap())
-}
-
 fn sigterm(bin: &Bin) {
     let ok = Command::new("kill")
         .args(["-TERM", &bin.0.id().to_string()])

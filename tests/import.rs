@@ -51,13 +51,7 @@ async fn import_and_sign_in(file: &str, secret: &str, callback: &str) -> (String
     let check_text = String::from_utf8_lossy(&check.stdout).into_owned();
     assert!(check.status.success(), "{check_text}");
 
-    let _bin = Bin(Command::new(gate_bin())
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
+    let _bin = run_config(&cfg, Stdio::null(), Stdio::null());
     wait_listening(addr).await;
     let token = hs256_with(secret.as_bytes(), &claims("imported@example.com"));
     let got = get(&format!("http://{addr}{callback}?jwt={token}")).await;

@@ -56,29 +56,28 @@ fn start(dir: &TempDir, cfg_body: &str) -> (Bin, SocketAddr, SocketAddr) {
         "gate.toml",
         &format!("[listen]\naddr = \"{addr}\"\n[admin]\naddr = \"{admin}\"\n{cfg_body}"),
     );
-    let bin = Bin(Command::new(gate_bin())
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
-    (bin, addr, admin)
+    (run_config(&cfg, Stdio::null(), Stdio::null()), addr, admin)
+}
+
+/// A plain HS256 gate in front of `up`, listening (public and admin).
+async fn start_plain(dir: &TempDir, up: &Upstream) -> (Bin, SocketAddr, SocketAddr) {
+    let started = start(
+        dir,
+        &format!(
+            "[upstream]\nurl = \"http://{}\"\n[provider]\nsecret = \"{SECRET}\"\n",
+            up.addr
+        ),
+    );
+    wait_listening(started.1).await;
+    wait_listening(started.2).await;
+    started
 }
 
 #[tokio::test]
 async fn metrics_count_requests_logins_and_the_replay_store() {
     let up = Upstream::start().await;
     let dir = TempDir::new("metrics");
-    let (_bin, addr, admin) = start(
-        &dir,
-        &format!(
-            "[upstream]\nurl = \"http://{}\"\n[provider]\nsecret = \"{SECRET}\"\n",
-            up.addr
-        ),
-    );
-    wait_listening(addr).await;
-    wait_listening(admin).await;
+    let (_bin, addr, admin) = start_plain(&dir, &up).await;
 
     let before = scrape(admin).await;
     assert!(
@@ -165,15 +164,7 @@ async fn metrics_count_requests_logins_and_the_replay_store() {
 async fn open_connections_gauge_follows_clients() {
     let up = Upstream::start().await;
     let dir = TempDir::new("metrics-conns");
-    let (_bin, addr, admin) = start(
-        &dir,
-        &format!(
-            "[upstream]\nurl = \"http://{}\"\n[provider]\nsecret = \"{SECRET}\"\n",
-            up.addr
-        ),
-    );
-    wait_listening(addr).await;
-    wait_listening(admin).await;
+    let (_bin, addr, admin) = start_plain(&dir, &up).await;
     // wait_listening's probe connection closes first: then nothing is open
     assert_eq!(open_connections_reach(admin, 0.0).await, 0.0);
     let mut held = Vec::new();

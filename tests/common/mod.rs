@@ -537,3 +537,18 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
+
+/// `jwt-gate run --config cfg`, its output sent where the test wants it.
+pub fn run_config(
+    cfg: &std::path::Path,
+    stdout: impl Into<std::process::Stdio>,
+    stderr: impl Into<std::process::Stdio>,
+) -> Bin {
+    Bin(std::process::Command::new(gate_bin())
+        .args(["run", "--config"])
+        .arg(cfg)
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .unwrap())
+}
