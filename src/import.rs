@@ -184,13 +184,12 @@ fn from_gitlab_rb(text: &str) -> Result<Found, String> {
                 }
             }
         }
-        if let Some(rest) = trimmed.strip_prefix("external_url") {
+        if trimmed.starts_with("external_url") {
             let mut p = Parser::new(text, start + indent + "external_url".len());
             p.skip_ws();
             if let Ok(Lit::Str(url)) = p.value() {
                 relative_root = url_path(&url);
             }
-            let _ = rest;
         }
     }
     let (line, at) = assignment.ok_or(

@@ -19,20 +19,6 @@ fn foreign(claims: &serde_json::Value) -> String {
     hs256_with(&[b'f'; 40], claims)
 }
 
-fn run_check(path: &std::path::Path) -> (i32, String) {
-    let out = Command::new(gate_bin())
-        .args(["check", "--config"])
-        .arg(path)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
-}
-
 #[test]
 fn check_accepts_the_example_config_and_lists_every_error_of_a_broken_one() {
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/jwt-gate.toml");

@@ -96,20 +96,8 @@ fn check_with_mounted_files(toml: &str, mounted: &[PathBuf]) -> (bool, String) {
         "\"/etc/jwt-gate/",
         &format!("\"{}/etc/jwt-gate/", root.display()),
     );
-    let cfg = dir.write("check.toml", &rooted);
-    let out = Command::new(gate_bin())
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let (code, text) = run_check(&dir.write("check.toml", &rooted));
+    (code == 0, text)
 }
 
 fn toml_value(toml: &str) -> toml::Table {
@@ -383,16 +371,8 @@ fn omnibus_config_and_gitlab_rb_snippet_agree() {
     std::fs::write(root.join("jwt.key"), "k".repeat(40)).unwrap();
     let rooted = toml.replace("\"/etc/jwt-gate/", &format!("\"{}/", root.display()));
     let cfg_path = dir.write("omnibus.toml", &rooted);
-    let out = Command::new(gate_bin())
-        .args(["check", "--config"])
-        .arg(&cfg_path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, text) = run_check(&cfg_path);
+    assert_eq!(code, 0, "{text}");
 
     // the systemd unit reads the config where the guide installs it
     let unit = read("deploy/systemd/jwt-gate.service");

@@ -43,13 +43,8 @@ async fn import_and_sign_in(file: &str, secret: &str, callback: &str) -> (String
             up.addr
         ),
     );
-    let check = Command::new(gate_bin())
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let check_text = String::from_utf8_lossy(&check.stdout).into_owned();
-    assert!(check.status.success(), "{check_text}");
+    let (code, check_text) = run_check(&cfg);
+    assert_eq!(code, 0, "{check_text}");
 
     let _bin = run_config(&cfg, Stdio::null(), Stdio::null());
     wait_listening(addr).await;

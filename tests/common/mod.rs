@@ -552,3 +552,18 @@ pub fn run_config(
         .spawn()
         .unwrap())
 }
+
+/// `jwt-gate check --config path`: exit code and stdout + stderr.
+pub fn run_check(path: &std::path::Path) -> (i32, String) {
+    let out = std::process::Command::new(gate_bin())
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
