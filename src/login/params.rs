@@ -17,7 +17,8 @@ pub enum ParamError {
     /// A key other than exactly `jwt` that Rack may map onto `jwt` (brackets, percent-encoding,
     /// leading spaces, ...).
     AmbiguousKey,
-    /// Invalid percent-encoding (Rack would raise).
+    /// Invalid percent-encoding, or a key or value that decodes to invalid UTF-8 (Rack or
+    /// GitLab's malformed-string check would refuse it).
     BadEncoding,
 }
 
@@ -56,8 +57,10 @@ pub fn extract_token(input: &[u8], part: Part) -> Result<Option<String>, ParamEr
             Some(i) => (&pair[..i], Some(&pair[i + 1..])),
             None => (pair, None),
         };
-        // Rack decodes every key and value and raises on one bad escape: so does the gate
-        if !escapes_valid(key) || !value.is_none_or(escapes_valid) {
+        // Rack decodes every key and value and raises on one bad escape, and on a key that
+        // decodes to invalid UTF-8 (its key regex refuses a broken string); GitLab's
+        // HandleMalformedStrings middleware answers 400 to a value that does. So does the gate.
+        if !decodes_to_utf8(key) || !value.is_none_or(decodes_to_utf8) {
             return Err(ParamError::BadEncoding);
         }
         if key == b"jwt" {
@@ -94,6 +97,19 @@ fn key_may_mean_jwt(key: &[u8]) -> Result<bool, ParamError> {
 
 fn contains_jwt(key: &[u8]) -> bool {
     key.windows(3).any(|w| w.eq_ignore_ascii_case(b"jwt"))
+}
+
+/// Every `%` starts a two-hex-digit escape and the decoded bytes are UTF-8.
+fn decodes_to_utf8(s: &[u8]) -> bool {
+    if !escapes_valid(s) {
+        return false;
+    }
+    if s.contains(&b'%') {
+        // `+` only ever becomes a space, so only escapes can break UTF-8 after decoding
+        form_decode(s).is_some_and(|d| std::str::from_utf8(&d).is_ok())
+    } else {
+        std::str::from_utf8(s).is_ok()
+    }
 }
 
 /// Every `%` starts a two-hex-digit escape.
@@ -178,6 +194,17 @@ mod tests {
             q("jwt=a&x=%zz"),
             Err(ParamError::BadEncoding),
             "Rack raises on any bad escape"
+        );
+        // found by the Rack-model property test: a key that decodes to invalid UTF-8 makes
+        // Rack raise, so the gate must not pick the (empty) token beside it
+        assert_eq!(q("jwt=&%aa"), Err(ParamError::BadEncoding));
+        assert_eq!(q("jwt=a&%aa=1"), Err(ParamError::BadEncoding));
+        // and GitLab answers 400 to a value that does
+        assert_eq!(q("jwt=a&x=%aa"), Err(ParamError::BadEncoding));
+        assert_eq!(
+            q("jwt=a&x=%C3%A9"),
+            Ok(Some("a".into())),
+            "valid UTF-8 is fine"
         );
     }
 
