@@ -18,6 +18,10 @@ use jwt_gate::login::verify::{AuditInfo, Verifier};
 use jwt_gate::replay::memory::MemoryStore;
 use jwt_gate::Config;
 
+// the allocator the binary ships with (src/main.rs), so allocation costs are the real ones
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SECRET: &str = "bench-secret-0123456789abcdefghijklmnop";
 
 fn pem(label: &str, der: &[u8]) -> String {

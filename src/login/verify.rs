@@ -2,15 +2,13 @@
 //! stable reason code (logs, pages, `explain`). GitLab's behaviour that each check mirrors
 //! or tightens is in shared/reference/gitlab-jwt-reference.md.
 
+use super::encoding::b64url_decode_canonical_into;
+use super::json::{parse_members, parse_members_lenient, Claim, JsonError, Members};
+use super::keys::{Algorithm, VerifyKey};
+use crate::config::Config;
 use aws_lc_rs::digest;
 use http::header::HeaderName;
 use http::HeaderValue;
-use serde_json::{Map, Value};
-
-use super::encoding::b64url_decode_canonical_into;
-use super::json::{parse_object_lenient, parse_object_strict, JsonError};
-use super::keys::{Algorithm, VerifyKey};
-use crate::config::Config;
 
 /// GitLab: `token.bytesize >= 10_000` fails ("JWT must be less than 10KB").
 pub const MAX_TOKEN_BYTES: usize = 10_000;
@@ -176,14 +174,16 @@ impl Verifier {
         if tok[0] == b'{' {
             return Err(Reject::JsonSerialization);
         }
-        let dots: Vec<usize> = tok
-            .iter()
-            .enumerate()
-            .filter(|(_, &b)| b == b'.')
-            .map(|(i, _)| i)
-            .take(5)
-            .collect();
-        match dots.len() {
+        let mut dots = [0usize; 5];
+        let mut n_dots = 0;
+        for (i, _) in tok.iter().enumerate().filter(|(_, &b)| b == b'.') {
+            dots[n_dots] = i;
+            n_dots += 1;
+            if n_dots == dots.len() {
+                break;
+            }
+        }
+        match n_dots {
             2 => {}
             4 => return Err(Reject::Jwe),
             _ => return Err(Reject::Malformed),
@@ -196,26 +196,26 @@ impl Verifier {
         if h64.is_empty() || p64.is_empty() || s64.is_empty() {
             return Err(Reject::Malformed);
         }
-        let mut header = Vec::new();
-        let mut payload = Vec::new();
-        let mut sig = Vec::new();
-        b64url_decode_canonical_into(h64, &mut header).ok_or(Reject::NonCanonical)?;
-        b64url_decode_canonical_into(p64, &mut payload).ok_or(Reject::NonCanonical)?;
-        b64url_decode_canonical_into(s64, &mut sig).ok_or(Reject::NonCanonical)?;
+        // one buffer for the three decoded segments
+        let mut decoded = Vec::with_capacity(tok.len());
+        b64url_decode_canonical_into(h64, &mut decoded).ok_or(Reject::NonCanonical)?;
+        let header_end = decoded.len();
+        b64url_decode_canonical_into(p64, &mut decoded).ok_or(Reject::NonCanonical)?;
+        let payload_end = decoded.len();
+        b64url_decode_canonical_into(s64, &mut decoded).ok_or(Reject::NonCanonical)?;
+        let (header, rest) = decoded.split_at(header_end);
+        let (payload, sig) = rest.split_at(payload_end - header_end);
         trace.pass(STEPS[1]);
 
-        // 3. header: a JSON object whose alg is exactly the configured one
-        let (hdr, header_dup) = match parse_object_strict(&header) {
-            Ok(m) => (m, false),
-            Err(JsonError::DuplicateKey) => (
-                parse_object_lenient(&header).ok_or(Reject::HeaderInvalid)?,
-                true,
-            ),
+        // 3. header: a JSON object whose alg is exactly the configured one (a repeated key
+        // is read the way Ruby reads it, the last one winning, and refused after the signature)
+        let (hdr, header_dup) = match parse_members_lenient(header) {
+            Ok(m) => m,
             Err(_) => return Err(Reject::HeaderInvalid),
         };
         audit.kid = hdr.get("kid").map(short_text);
         let alg = match hdr.get("alg") {
-            Some(Value::String(a)) => a.as_str(),
+            Some(Claim::Str(a)) => a.as_ref(),
             _ => return Err(Reject::AlgMissing),
         };
         audit.alg = Some(sanitize(alg, 16));
@@ -239,7 +239,7 @@ impl Verifier {
             }
         }
         let signing_input = &tok[..dots[1]];
-        if !self.key.verify(signing_input, &sig) {
+        if !self.key.verify(signing_input, sig) {
             return Err(Reject::BadSignature);
         }
         trace.pass(STEPS[3]);
@@ -248,7 +248,8 @@ impl Verifier {
         if header_dup {
             return Err(Reject::DuplicateKey);
         }
-        let claims = match parse_object_strict(&payload) {
+        let claims = match parse_members(payload) {
+            Ok(m) if m.has_duplicates() => return Err(Reject::DuplicateKey),
             Ok(m) => m,
             Err(JsonError::DuplicateKey) => return Err(Reject::DuplicateKey),
             Err(_) => return Err(Reject::PayloadInvalid),
@@ -282,7 +283,8 @@ impl Verifier {
         // before this process started (a restart must not reopen the replay window)
         let iat = match claims.get("iat") {
             None => return Err(Reject::IatMissing),
-            Some(v) => v.as_i64().ok_or(Reject::IatInvalid)?,
+            Some(Claim::Num(n)) => n.as_i64().ok_or(Reject::IatInvalid)?,
+            Some(_) => return Err(Reject::IatInvalid),
         };
         if iat > now.saturating_add(self.max_future_skew) {
             return Err(Reject::IatInFuture);
@@ -299,7 +301,7 @@ impl Verifier {
         let jti = match claims.get("jti") {
             None if self.require_jti => return Err(Reject::JtiMissing),
             None => None,
-            Some(Value::String(s)) if !s.is_empty() => Some(s.as_str()),
+            Some(Claim::Str(s)) if !s.is_empty() => Some(s.as_ref()),
             Some(_) => return Err(Reject::JtiInvalid),
         };
         trace.pass(STEPS[8]);
@@ -307,7 +309,7 @@ impl Verifier {
         // 10. uid
         let uid = match claims.get(&self.uid_claim) {
             None => return Err(Reject::UidMissing),
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Claim::Str(s)) if !s.is_empty() => s.to_string(),
             Some(_) => return Err(Reject::UidInvalid),
         };
         audit.uid_hash = Some(short_hash(uid.as_bytes()));
@@ -318,10 +320,10 @@ impl Verifier {
         identity.push((self.user_header.clone(), header_value(&uid)?));
         for (name, claim) in &self.info_headers {
             let text = match claims.get(claim) {
-                None | Some(Value::Null) => continue,
-                Some(Value::String(s)) => s.clone(),
-                Some(v @ (Value::Number(_) | Value::Bool(_))) => v.to_string(),
-                Some(_) => return Err(Reject::ClaimInvalid),
+                None | Some(Claim::Null) => continue,
+                Some(Claim::Str(s)) => s.to_string(),
+                Some(v @ (Claim::Num(_) | Claim::Bool(_))) => v.to_json(),
+                Some(Claim::Nested(_)) => return Err(Reject::ClaimInvalid),
             };
             identity.push((name.clone(), header_value(&text)?));
         }
@@ -344,7 +346,7 @@ impl Verifier {
 /// Issuer + jti when there is a jti (a re-signed token with the same jti is the same
 /// login), else the signing input (ECDSA signatures are malleable, so never the signature).
 fn replay_key(
-    claims: &Map<String, Value>,
+    claims: &Members,
     jti: Option<&str>,
     signing_input: &[u8],
     audit: &mut AuditInfo,
@@ -354,9 +356,9 @@ fn replay_key(
         Some(jti) => {
             audit.jti_hash = Some(short_hash(jti.as_bytes()));
             let iss = match claims.get("iss") {
-                Some(Value::String(s)) => s.clone(),
-                Some(other) => other.to_string(),
-                None => String::new(),
+                Some(Claim::Str(s)) => s.clone(),
+                Some(other) => other.to_json().into(),
+                None => "".into(),
             };
             ctx.update(b"jti\0");
             ctx.update(&(iss.len() as u64).to_be_bytes());
@@ -374,9 +376,9 @@ fn replay_key(
 }
 
 /// A JSON number as whole seconds, the way Ruby's `to_i` truncates (floor for positives).
-fn whole_seconds(v: &Value) -> Option<i64> {
+fn whole_seconds(v: &Claim) -> Option<i64> {
     match v {
-        Value::Number(n) => n.as_i64().or_else(|| {
+        Claim::Num(n) => n.as_i64().or_else(|| {
             n.as_f64()
                 .map(|f| f.floor().clamp(i64::MIN as f64, i64::MAX as f64) as i64)
         }),
@@ -404,10 +406,10 @@ pub fn short_hash(data: &[u8]) -> String {
     out
 }
 
-fn short_text(v: &Value) -> String {
+fn short_text(v: &Claim) -> String {
     match v {
-        Value::String(s) => sanitize(s, 64),
-        other => sanitize(&other.to_string(), 64),
+        Claim::Str(s) => sanitize(s, 64),
+        other => sanitize(&other.to_json(), 64),
     }
 }
 
