@@ -6,6 +6,8 @@
 //! GitLab token B would have been bypassed, so every request in which the choice could be
 //! ambiguous is refused instead of being resolved.
 
+use std::borrow::Cow;
+
 use super::route::hex;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,7 +50,7 @@ pub fn extract_token(input: &[u8], part: Part) -> Result<Option<String>, ParamEr
         return Err(ParamError::Semicolon);
     }
     // Some(None): `jwt` without `=` (Rack: nil, which GitLab refuses like a missing token)
-    let mut found: Option<Option<&[u8]>> = None;
+    let mut found: Option<Option<Cow<str>>> = None;
     for pair in input.split(|&b| b == b'&') {
         if pair.is_empty() {
             continue;
@@ -60,75 +62,40 @@ pub fn extract_token(input: &[u8], part: Part) -> Result<Option<String>, ParamEr
         // Rack decodes every key and value and raises on one bad escape, and on a key that
         // decodes to invalid UTF-8 (its key regex refuses a broken string); GitLab's
         // HandleMalformedStrings middleware answers 400 to a value that does. So does the gate.
-        if !decodes_to_utf8(key) || !value.is_none_or(decodes_to_utf8) {
-            return Err(ParamError::BadEncoding);
-        }
+        let decoded_key = decode_utf8(key)?;
+        let decoded_value = value.map(decode_utf8).transpose()?;
         if key == b"jwt" {
             if found.is_some() {
                 return Err(ParamError::Duplicate);
             }
-            found = Some(value);
+            found = Some(decoded_value);
             continue;
         }
         // Any other key that mentions jwt once decoded could be normalised onto it by Rack
         // (brackets, leading `]`/`[`, encoded letters, spaces skipped after a separator).
-        if key_may_mean_jwt(key)? {
+        if contains_jwt(decoded_key.as_bytes()) {
             return Err(ParamError::AmbiguousKey);
         }
     }
-    match found {
-        None | Some(None) => Ok(None),
-        Some(Some(v)) => {
-            let decoded = form_decode(v).ok_or(ParamError::BadEncoding)?;
-            String::from_utf8(decoded)
-                .map(Some)
-                .map_err(|_| ParamError::BadEncoding)
-        }
-    }
-}
-
-fn key_may_mean_jwt(key: &[u8]) -> Result<bool, ParamError> {
-    if !key.contains(&b'%') && !key.contains(&b'+') {
-        return Ok(contains_jwt(key));
-    }
-    let decoded = form_decode(key).ok_or(ParamError::BadEncoding)?;
-    Ok(contains_jwt(&decoded))
+    Ok(found.flatten().map(Cow::into_owned))
 }
 
 fn contains_jwt(key: &[u8]) -> bool {
     key.windows(3).any(|w| w.eq_ignore_ascii_case(b"jwt"))
 }
 
-/// Every `%` starts a two-hex-digit escape and the decoded bytes are UTF-8.
-fn decodes_to_utf8(s: &[u8]) -> bool {
-    if !escapes_valid(s) {
-        return false;
+/// A key or value decoded the way Rack decodes it, as UTF-8 text: borrowed when there is
+/// nothing to decode; an invalid escape or invalid UTF-8 is [`ParamError::BadEncoding`].
+fn decode_utf8(s: &[u8]) -> Result<Cow<'_, str>, ParamError> {
+    if !s.contains(&b'%') && !s.contains(&b'+') {
+        return std::str::from_utf8(s)
+            .map(Cow::Borrowed)
+            .map_err(|_| ParamError::BadEncoding);
     }
-    if s.contains(&b'%') {
-        // `+` only ever becomes a space, so only escapes can break UTF-8 after decoding
-        form_decode(s).is_some_and(|d| std::str::from_utf8(&d).is_ok())
-    } else {
-        std::str::from_utf8(s).is_ok()
-    }
-}
-
-/// Every `%` starts a two-hex-digit escape.
-fn escapes_valid(s: &[u8]) -> bool {
-    let mut i = 0;
-    while i < s.len() {
-        if s[i] == b'%' {
-            match (
-                s.get(i + 1).and_then(|&c| hex(c)),
-                s.get(i + 2).and_then(|&c| hex(c)),
-            ) {
-                (Some(_), Some(_)) => i += 3,
-                _ => return false,
-            }
-        } else {
-            i += 1;
-        }
-    }
-    true
+    let decoded = form_decode(s).ok_or(ParamError::BadEncoding)?;
+    String::from_utf8(decoded)
+        .map(Cow::Owned)
+        .map_err(|_| ParamError::BadEncoding)
 }
 
 /// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte; an invalid
