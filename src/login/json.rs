@@ -267,7 +267,8 @@ impl<'de> Visitor<'de> for ClaimVisitor {
     }
 }
 
-/// Parse `bytes` as a JSON object, refusing duplicate keys.
+/// Parse `bytes` as a JSON object, refusing duplicate keys. The request path reads tokens
+/// with [`parse_members`]; this map parse is the reference `tests/json_parse.rs` holds it to.
 pub fn parse_object_strict(bytes: &[u8]) -> Result<Map<String, Value>, JsonError> {
     match serde_json::from_slice::<NoDup>(bytes) {
         Ok(NoDup(Value::Object(m))) => Ok(m),
