@@ -130,9 +130,10 @@ fn cases(now: i64) -> Vec<Case> {
 }
 
 fn verification(c: &mut Criterion) {
-    let now = jwt_gate::unix_now();
+    let now = jwt_gate::clock::unix_now();
     for case in cases(now) {
-        let verifier = Verifier::new(&case.cfg, 0);
+        let key = jwt_gate::app::verify_key(&case.cfg).unwrap().0;
+        let verifier = Verifier::new(&case.cfg, key, None);
         let mut g = c.benchmark_group(format!("verify/{}", case.alg));
         g.bench_function("gate (all checks)", |b| {
             b.iter(|| {
@@ -180,7 +181,8 @@ fn request_path(c: &mut Criterion) {
     });
 
     let cfg = config("HS256", SECRET);
-    let proxy = jwt_gate::proxy::Proxy::new(&cfg).unwrap();
+    let app = jwt_gate::app::App::build(cfg).unwrap();
+    let proxy = &app.proxy;
     let peer: std::net::SocketAddr = "192.0.2.7:51234".parse().unwrap();
     let build = || {
         http::Request::get("/api/v4/projects?per_page=100")
@@ -199,7 +201,8 @@ fn request_path(c: &mut Criterion) {
         b.iter_batched(
             build,
             |mut p| {
-                proxy.prepare(&mut p, peer, false);
+                proxy.strip(&mut p, false);
+                proxy.rewrite(&mut p, peer);
                 p
             },
             criterion::BatchSize::SmallInput,

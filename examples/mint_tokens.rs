@@ -47,7 +47,7 @@ fn main() {
         other => panic!("unsupported algorithm {other}"),
     };
     let header = b64url_encode(format!(r#"{{"alg":"{alg}","typ":"JWT"}}"#).as_bytes());
-    let now = jwt_gate::unix_now();
+    let now = jwt_gate::clock::unix_now();
     let mut out = String::new();
     for i in first..first + n {
         let claims = serde_json::json!({

@@ -18,15 +18,16 @@ use tokio::net::{TcpListener, TcpStream};
 
 use prometheus_client::registry::Registry;
 
-use crate::config::Config;
-use crate::server::App;
+use crate::app::App;
+use crate::login::Reason;
+use crate::telemetry::metrics::{self, Sources};
 
 async fn route(
     req: Request<Incoming>,
-    cfg: Arc<Config>,
     app: Arc<App>,
     registry: Arc<Registry>,
 ) -> Response<Full<Bytes>> {
+    let cfg = &app.config;
     let text = |status: StatusCode, body: String| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
         *r.status_mut() = status;
@@ -42,7 +43,7 @@ async fn route(
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/metrics" => {
-            let mut r = text(StatusCode::OK, crate::metrics::render(&registry));
+            let mut r = text(StatusCode::OK, metrics::render(&registry));
             r.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static(
@@ -52,7 +53,7 @@ async fn route(
             r
         }
         "/readyz" => {
-            let store = app.gate.store();
+            let store = &app.store;
             let health = store.health().await;
             let entries = store
                 .entries()
@@ -92,22 +93,34 @@ async fn route(
     }
 }
 
+/// What `/metrics` reads beyond the counters: narrow handles on the store and the TLS state.
+fn metric_sources(app: &App) -> Sources {
+    let store = app.store.clone();
+    let tls = app.tls.clone();
+    Sources {
+        reasons: Reason::LABELS,
+        store_kind: app.store.kind(),
+        store_entries: Box::new(move || store.entries()),
+        cert_not_after: Box::new(move || tls.as_ref().and_then(|t| t.not_after())),
+    }
+}
+
 /// Serve the admin endpoints until `shutdown` resolves.
-pub async fn serve<F>(listener: TcpListener, cfg: Arc<Config>, app: Arc<App>, shutdown: F)
+pub async fn serve<F>(listener: TcpListener, app: Arc<App>, shutdown: F)
 where
     F: Future<Output = ()> + Send,
 {
     tokio::pin!(shutdown);
-    let registry = Arc::new(crate::metrics::registry(app.clone()));
+    let registry = Arc::new(metrics::registry(metric_sources(&app)));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let (cfg, app, registry) = (cfg.clone(), app.clone(), registry.clone());
+                let (app, registry) = (app.clone(), registry.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
-                        let (cfg, app, registry) = (cfg.clone(), app.clone(), registry.clone());
-                        async move { Ok::<_, Infallible>(route(req, cfg, app, registry).await) }
+                        let (app, registry) = (app.clone(), registry.clone());
+                        async move { Ok::<_, Infallible>(route(req, app, registry).await) }
                     });
                     let _ = http1::Builder::new()
                         .timer(TokioTimer::new())

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tokio::net::TcpListener;
-
-use jwt_gate::{admin, config::Config, demo, explain, server};
+use jwt_gate::config::Config;
+use jwt_gate::server;
+use jwt_gate::tools::{check, demo, explain, import};
 
 #[derive(Parser)]
 #[command(
@@ -91,10 +91,9 @@ fn init_logging(format: LogFormat, level: Option<&str>) {
 }
 
 fn main() -> ExitCode {
-    jwt_gate::process_start();
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Check { config } => check(&config),
+        Cmd::Check { config } => check_cmd(&config),
         Cmd::DevCert { dir } => {
             match jwt_gate::tls::write_dev_certs(&dir) {
                 Ok(files) => {
@@ -111,10 +110,10 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Explain { config, token } => explain_cmd(&config, token),
-        Cmd::ImportGitlab { path } => match jwt_gate::import::import(&path) {
+        Cmd::ImportGitlab { path } => match import::import(&path) {
             Ok(toml) => {
                 print!("{toml}");
-                let problems = jwt_gate::import::problems(&toml);
+                let problems = import::problems(&toml);
                 if problems.is_empty() {
                     ExitCode::SUCCESS
                 } else {
@@ -196,7 +195,7 @@ async fn shutdown_signal() {
 }
 
 /// SIGHUP re-reads the TLS files and the JWT key file now, changed or not.
-fn spawn_sighup_reload(app: Arc<server::App>) {
+fn spawn_sighup_reload(app: Arc<jwt_gate::app::App>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP; files are still polled");
@@ -212,53 +211,23 @@ fn spawn_sighup_reload(app: Arc<server::App>) {
 }
 
 async fn run(cfg: Config) -> Result<(), String> {
-    for w in &cfg.warnings {
-        tracing::warn!("{w}");
-    }
-    let listener = TcpListener::bind(cfg.listen.addr)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen.addr))?;
-    let admin_listener = match cfg.admin.addr {
-        Some(a) => Some(
-            TcpListener::bind(a)
-                .await
-                .map_err(|e| format!("cannot listen on {a} (admin): {e}"))?,
-        ),
-        None => None,
-    };
-    let cfg = Arc::new(cfg);
-    let app = server::App::new(&cfg)?;
-    app.spawn_reloader(server::reload_interval(&cfg));
-    spawn_sighup_reload(app.clone());
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    if let Some(l) = admin_listener {
-        let mut rx = stop_rx.clone();
-        tracing::info!(addr = %cfg.admin.addr.map(|a| a.to_string()).unwrap_or_default(), "admin listening");
-        tokio::spawn(admin::serve(l, cfg.clone(), app.clone(), async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }));
-    }
-    tracing::info!(addr = %cfg.listen.addr, upstream = %cfg.upstream.url, "jwt-gate listening");
-    let shutdown = async move {
-        shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    };
-    server::serve_app(listener, app, cfg, shutdown)
-        .await
-        .map_err(|e| e.to_string())
+    let running = server::start(cfg, shutdown_signal()).await?;
+    spawn_sighup_reload(running.app.clone());
+    running.wait().await
 }
 
 async fn run_demo(listen: String) -> Result<(), String> {
-    let listener = TcpListener::bind(&listen)
+    let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let gate_addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let (addrs, config_text, _tasks) = demo::start(gate_addr).await.map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (addrs, config_text, _tasks) = demo::start(addr).await.map_err(|e| e.to_string())?;
     let cfg = Config::from_toml_str(&config_text).map_err(|e| e.to_string())?;
+    let running = server::start_on(listener, cfg, shutdown_signal()).await?;
     println!("jwt-gate demo");
     println!(
         "  open            http://{}/            (GitLab stand-in, through the gate)",
-        addrs.gate
+        running.addr
     );
     println!("  identity prov.  http://{}/login", addrs.idp);
     println!(
@@ -266,30 +235,24 @@ async fn run_demo(listen: String) -> Result<(), String> {
         addrs.gitlab
     );
     println!("Sign in with JWT, then open the same callback link again to see the replay refused. Ctrl-C stops.");
-    let cfg = Arc::new(cfg);
-    let app = server::App::new(&cfg)?;
-    server::serve_app(listener, app, cfg, shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
+    running.wait().await
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
-    match Config::load(path) {
-        Ok(cfg) => {
-            println!("configuration OK: {}", path.display());
-            println!("the gate enforces, beyond GitLab:");
-            for line in jwt_gate::config::beyond_gitlab(&cfg) {
-                println!("  - {line}");
-            }
-            for w in &cfg.warnings {
-                println!("warning: {w}");
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::from(1)
-        }
+fn check_cmd(path: &std::path::Path) -> ExitCode {
+    // App::build starts nothing, but the Redis client it makes wants a runtime context
+    let (report, ok) = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(async { check::check(path) }),
+        Err(e) => (format!("cannot start the runtime: {e}"), false),
+    };
+    if ok {
+        print!("{report}");
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("{report}");
+        ExitCode::from(1)
     }
 }
 
@@ -312,7 +275,7 @@ fn explain_cmd(path: &std::path::Path, token: Option<String>) -> ExitCode {
             s
         }
     };
-    let (report, ok) = explain::explain(&cfg, &token, jwt_gate::unix_now());
+    let (report, ok) = explain::explain(&cfg, &token, jwt_gate::clock::unix_now());
     print!("{report}");
     if ok {
         ExitCode::SUCCESS

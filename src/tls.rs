@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use crate::metrics::{ReloadKind, METRICS};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
-use aws_lc_rs::digest;
+pub use crate::config::TlsFiles as ServerFiles;
+use crate::reload::FileWatch;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -25,24 +25,6 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// Install aws-lc-rs as the process default (idempotent).
 pub fn install_default_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-}
-
-/// Files of the public listener's TLS.
-#[derive(Debug, Clone)]
-pub struct ServerFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub client_ca: Option<PathBuf>,
-}
-
-impl ServerFiles {
-    fn paths(&self) -> Vec<&Path> {
-        let mut v = vec![self.cert.as_path(), self.key.as_path()];
-        if let Some(ca) = &self.client_ca {
-            v.push(ca);
-        }
-        v
-    }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, String> {
@@ -116,34 +98,18 @@ pub fn server_config(files: &ServerFiles) -> Result<ServerConfig, String> {
 pub struct ServerTls {
     files: ServerFiles,
     current: RwLock<Arc<ServerConfig>>,
-    digest: Mutex<Vec<u8>>,
+    watch: FileWatch,
     /// notAfter of the serving certificate (unix seconds), 0 when it could not be read.
     not_after: AtomicI64,
-}
-
-/// SHA-256 over the contents of `paths` (a missing file counts as a marker): what the
-/// reloaders compare to decide whether anything changed.
-pub(crate) fn files_digest(paths: &[&Path]) -> Vec<u8> {
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    for p in paths {
-        match std::fs::read(p) {
-            Ok(b) => {
-                ctx.update(&(b.len() as u64).to_be_bytes());
-                ctx.update(&b);
-            }
-            Err(_) => ctx.update(b"\0missing"),
-        }
-    }
-    ctx.finish().as_ref().to_vec()
 }
 
 impl ServerTls {
     pub fn new(files: ServerFiles) -> Result<ServerTls, String> {
         let cfg = server_config(&files)?;
-        let d = files_digest(&files.paths());
+        let watch = FileWatch::new(files.paths().into_iter().map(Path::to_path_buf).collect());
         Ok(ServerTls {
             current: RwLock::new(Arc::new(cfg)),
-            digest: Mutex::new(d),
+            watch,
             not_after: AtomicI64::new(leaf_not_after(&files.cert).unwrap_or(0)),
             files,
         })
@@ -165,30 +131,19 @@ impl ServerTls {
     /// Re-read the files; rebuild when their contents changed (or `force`). A config that
     /// fails to build keeps the last good one. Returns `None` when nothing changed.
     pub fn reload_if_changed(&self, force: bool) -> Option<Result<(), String>> {
-        let d = files_digest(&self.files.paths());
-        {
-            let last = self.digest.lock().unwrap_or_else(|p| p.into_inner());
-            if !force && *last == d {
-                return None;
-            }
+        if !self.watch.changed(force) {
+            return None;
         }
-        // remember the attempt either way, so a broken file is reported once, not every poll
-        *self.digest.lock().unwrap_or_else(|p| p.into_inner()) = d;
-        match server_config(&self.files) {
-            Ok(cfg) => {
-                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);
-                self.not_after.store(
-                    leaf_not_after(&self.files.cert).unwrap_or(0),
-                    Ordering::Relaxed,
-                );
-                METRICS.reload(ReloadKind::TlsCertificate, true);
-                Some(Ok(()))
-            }
-            Err(e) => {
-                METRICS.reload(ReloadKind::TlsCertificate, false);
-                Some(Err(e))
-            }
-        }
+        let cfg = match server_config(&self.files) {
+            Ok(cfg) => cfg,
+            Err(e) => return Some(Err(e)),
+        };
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(cfg);
+        self.not_after.store(
+            leaf_not_after(&self.files.cert).unwrap_or(0),
+            Ordering::Relaxed,
+        );
+        Some(Ok(()))
     }
 }
 
@@ -323,6 +278,10 @@ pub fn cert_not_after(der: &[u8]) -> Option<i64> {
     let (tag, time, _) = der_next(after)?;
     let s = std::str::from_utf8(time).ok()?;
     let digits = s.strip_suffix('Z')?;
+    // digits only: the slicing below is by byte index, and the file is the operator's
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     // UTCTime YYMMDDHHMMSS (years 1950–2049, RFC 5280) or GeneralizedTime YYYYMMDDHHMMSS
     let (year, rest) = match tag {
         0x17 if digits.len() == 12 => {

@@ -10,113 +10,33 @@ use aws_lc_rs::{hmac, rsa};
 
 use super::encoding::pem_first_block;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[allow(clippy::upper_case_acronyms)]
-pub enum Algorithm {
-    HS256,
-    HS384,
-    HS512,
-    RS256,
-    RS384,
-    RS512,
-    ES256,
-    ES384,
-    ES512,
+pub use crate::config::{Algorithm, Family};
+
+fn hmac_alg(alg: Algorithm) -> hmac::Algorithm {
+    match alg {
+        Algorithm::HS384 => hmac::HMAC_SHA384,
+        Algorithm::HS512 => hmac::HMAC_SHA512,
+        _ => hmac::HMAC_SHA256,
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    Hmac,
-    Rsa,
-    Ecdsa,
+fn verification(alg: Algorithm) -> &'static dyn signature::VerificationAlgorithm {
+    match alg {
+        Algorithm::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+        Algorithm::RS384 => &signature::RSA_PKCS1_2048_8192_SHA384,
+        Algorithm::RS512 => &signature::RSA_PKCS1_2048_8192_SHA512,
+        Algorithm::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
+        Algorithm::ES384 => &signature::ECDSA_P384_SHA384_FIXED,
+        // HMAC never reaches here; P-521 is the remaining case
+        _ => &signature::ECDSA_P521_SHA512_FIXED,
+    }
 }
 
-impl Algorithm {
-    pub const ALL: [Algorithm; 9] = [
-        Algorithm::HS256,
-        Algorithm::HS384,
-        Algorithm::HS512,
-        Algorithm::RS256,
-        Algorithm::RS384,
-        Algorithm::RS512,
-        Algorithm::ES256,
-        Algorithm::ES384,
-        Algorithm::ES512,
-    ];
-
-    /// Exact, case-sensitive name (RFC 7518 §3.1). GitLab compares case-insensitively; the
-    /// gate does not.
-    pub fn from_name(name: &str) -> Option<Algorithm> {
-        Self::ALL.into_iter().find(|a| a.name() == name)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Algorithm::HS256 => "HS256",
-            Algorithm::HS384 => "HS384",
-            Algorithm::HS512 => "HS512",
-            Algorithm::RS256 => "RS256",
-            Algorithm::RS384 => "RS384",
-            Algorithm::RS512 => "RS512",
-            Algorithm::ES256 => "ES256",
-            Algorithm::ES384 => "ES384",
-            Algorithm::ES512 => "ES512",
-        }
-    }
-
-    pub fn family(self) -> Family {
-        match self {
-            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => Family::Hmac,
-            Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 => Family::Rsa,
-            _ => Family::Ecdsa,
-        }
-    }
-
-    fn hmac_alg(self) -> hmac::Algorithm {
-        match self {
-            Algorithm::HS384 => hmac::HMAC_SHA384,
-            Algorithm::HS512 => hmac::HMAC_SHA512,
-            _ => hmac::HMAC_SHA256,
-        }
-    }
-
-    /// RFC 7518 §3.2: a key at least as long as the hash output.
-    pub fn min_hmac_secret_len(self) -> usize {
-        match self {
-            Algorithm::HS384 => 48,
-            Algorithm::HS512 => 64,
-            _ => 32,
-        }
-    }
-
-    fn verification(self) -> &'static dyn signature::VerificationAlgorithm {
-        match self {
-            Algorithm::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
-            Algorithm::RS384 => &signature::RSA_PKCS1_2048_8192_SHA384,
-            Algorithm::RS512 => &signature::RSA_PKCS1_2048_8192_SHA512,
-            Algorithm::ES256 => &signature::ECDSA_P256_SHA256_FIXED,
-            Algorithm::ES384 => &signature::ECDSA_P384_SHA384_FIXED,
-            // HMAC never reaches here; P-521 is the remaining case
-            _ => &signature::ECDSA_P521_SHA512_FIXED,
-        }
-    }
-
-    fn ecdsa_signing(self) -> &'static signature::EcdsaSigningAlgorithm {
-        match self {
-            Algorithm::ES384 => &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
-            Algorithm::ES512 => &signature::ECDSA_P521_SHA512_FIXED_SIGNING,
-            _ => &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-        }
-    }
-
-    /// Length of a raw R‖S ECDSA signature (RFC 7518 §3.4).
-    pub fn ecdsa_sig_len(self) -> Option<usize> {
-        match self {
-            Algorithm::ES256 => Some(64),
-            Algorithm::ES384 => Some(96),
-            Algorithm::ES512 => Some(132),
-            _ => None,
-        }
+fn ecdsa_signing(alg: Algorithm) -> &'static signature::EcdsaSigningAlgorithm {
+    match alg {
+        Algorithm::ES384 => &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+        Algorithm::ES512 => &signature::ECDSA_P521_SHA512_FIXED_SIGNING,
+        _ => &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
     }
 }
 
@@ -161,10 +81,7 @@ impl VerifyKey {
                     return Err("the secret is empty".into());
                 }
                 Ok((
-                    VerifyKey::Hmac(std::sync::Arc::new(hmac::Key::new(
-                        alg.hmac_alg(),
-                        material,
-                    ))),
+                    VerifyKey::Hmac(std::sync::Arc::new(hmac::Key::new(hmac_alg(alg), material))),
                     notes,
                 ))
             }
@@ -204,7 +121,7 @@ impl VerifyKey {
                 if private {
                     notes.push(private_note());
                 }
-                let k = ParsedPublicKey::new(alg.verification(), &public_der)
+                let k = ParsedPublicKey::new(verification(alg), &public_der)
                     .map_err(|e| format!("RSA public key rejected: {e}"))?;
                 Ok((VerifyKey::Public(std::sync::Arc::new(k)), notes))
             }
@@ -219,9 +136,9 @@ impl VerifyKey {
                     "PUBLIC KEY" => block.der.clone(),
                     "EC PRIVATE KEY" | "PRIVATE KEY" => {
                         let kp = if block.label == "PRIVATE KEY" {
-                            EcdsaKeyPair::from_pkcs8(alg.ecdsa_signing(), &block.der)
+                            EcdsaKeyPair::from_pkcs8(ecdsa_signing(alg), &block.der)
                         } else {
-                            EcdsaKeyPair::from_private_key_der(alg.ecdsa_signing(), &block.der)
+                            EcdsaKeyPair::from_private_key_der(ecdsa_signing(alg), &block.der)
                         }
                         .map_err(|e| {
                             format!(
@@ -235,7 +152,7 @@ impl VerifyKey {
                     }
                     other => return Err(format!("{other} PEM is not an EC key")),
                 };
-                let k = ParsedPublicKey::new(alg.verification(), &public).map_err(|e| {
+                let k = ParsedPublicKey::new(verification(alg), &public).map_err(|e| {
                     format!(
                         "not a {curve} public key ({} needs {curve}): {e}",
                         alg.name()

@@ -1,10 +1,12 @@
-//! The checks a callback token must pass, in order. Each failure is a [`Reject`] with a
-//! stable reason code (logs, pages, `explain`). GitLab's behaviour that each check mirrors
-//! or tightens is in shared/reference/gitlab-jwt-reference.md.
+//! The checks a callback token must pass, in order: each a small function returning a
+//! [`Reason`] on failure, chained with `?`. Each passed check is reported to a [`Trace`] as
+//! its [`Step`] (`explain` prints them). GitLab's behaviour that each check mirrors or
+//! tightens is in shared/reference/gitlab-jwt-reference.md.
 
 use super::encoding::b64url_decode_canonical_into;
 use super::json::{parse_members, parse_members_lenient, Claim, JsonError, Members};
 use super::keys::{Algorithm, VerifyKey};
+use super::reason::Reason;
 use crate::config::Config;
 use aws_lc_rs::digest;
 use http::header::HeaderName;
@@ -13,77 +15,62 @@ use http::HeaderValue;
 /// GitLab: `token.bytesize >= 10_000` fails ("JWT must be less than 10KB").
 pub const MAX_TOKEN_BYTES: usize = 10_000;
 
-macro_rules! rejects {
-    ($($variant:ident => $code:literal, $what:literal;)*) => {
-        /// Why a token was refused. All of these answer 401.
-        #[derive(Debug, Clone, PartialEq, Eq)]
-        pub enum Reject { $($variant),* }
-        impl Reject {
-            /// Stable reason code.
-            pub fn code(&self) -> &'static str { match self { $(Reject::$variant => $code),* } }
-            /// A sentence for people (no token or claim values in it).
-            pub fn describe(&self) -> &'static str { match self { $(Reject::$variant => $what),* } }
-            pub const ALL_CODES: &'static [&'static str] = &[$($code),*];
+/// The checks in order, as `explain` prints them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Size,
+    Segments,
+    Header,
+    Signature,
+    Payload,
+    ExpNbf,
+    RequiredClaims,
+    IatWindow,
+    Jti,
+    Uid,
+    IdentityValues,
+}
+
+impl Step {
+    pub const ALL: [Step; 11] = [
+        Step::Size,
+        Step::Segments,
+        Step::Header,
+        Step::Signature,
+        Step::Payload,
+        Step::ExpNbf,
+        Step::RequiredClaims,
+        Step::IatWindow,
+        Step::Jti,
+        Step::Uid,
+        Step::IdentityValues,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Size => "size",
+            Step::Segments => "segments and encoding",
+            Step::Header => "header and alg",
+            Step::Signature => "signature",
+            Step::Payload => "payload and duplicate keys",
+            Step::ExpNbf => "exp / nbf",
+            Step::RequiredClaims => "required claims",
+            Step::IatWindow => "iat window",
+            Step::Jti => "jti",
+            Step::Uid => "uid claim",
+            Step::IdentityValues => "identity values",
         }
-    };
+    }
 }
-
-rejects! {
-    TokenMissing => "token_missing", "the callback carried no jwt parameter";
-    TokenTooLarge => "token_too_large", "the token is 10,000 bytes or more";
-    JsonSerialization => "json_serialization", "JWS JSON serialisation is not accepted";
-    Jwe => "jwe_unsupported", "encrypted tokens (JWE) are not accepted";
-    Malformed => "malformed_token", "the token is not three dot-separated segments";
-    NonCanonical => "non_canonical_encoding", "a segment is not canonical base64url";
-    HeaderInvalid => "header_invalid", "the header is not a JSON object";
-    AlgMissing => "alg_missing", "the header has no alg";
-    AlgNone => "alg_none", "unsigned tokens (alg none) are never accepted";
-    AlgMismatch => "alg_mismatch", "the token's alg is not the configured algorithm";
-    CritUnsupported => "crit_unsupported", "the header marks extensions critical (crit)";
-    BadSignature => "bad_signature", "the signature does not verify";
-    DuplicateKey => "duplicate_key", "the header or payload repeats a key";
-    PayloadInvalid => "payload_invalid", "the payload is not a JSON object";
-    ExpInvalid => "exp_invalid", "exp is not a number";
-    Expired => "token_expired", "the token has expired (exp)";
-    NbfInvalid => "nbf_invalid", "nbf is not a number";
-    NotYetValid => "token_not_yet_valid", "the token is not valid yet (nbf)";
-    MissingClaim => "missing_claim", "a required claim is missing";
-    IatMissing => "iat_missing", "iat is required";
-    IatInvalid => "iat_invalid", "iat is not an integer";
-    IatInFuture => "iat_in_future", "iat lies too far in the future";
-    IatTooOld => "iat_too_old", "iat lies outside the valid_within window";
-    IssuedBeforeStart => "issued_before_start", "the token was issued before the gate started";
-    JtiMissing => "jti_missing", "jti is required";
-    JtiInvalid => "jti_invalid", "jti is not a non-empty string";
-    UidMissing => "uid_missing", "the uid claim is missing";
-    UidInvalid => "uid_invalid", "the uid claim is not a non-empty string";
-    ClaimInvalid => "claim_invalid", "an identity claim is not a string, number or boolean";
-    ControlCharacters => "claim_control_characters", "an identity claim contains control characters";
-}
-
-/// Names of the checks in order, as `explain` prints them.
-pub const STEPS: &[&str] = &[
-    "size",
-    "segments and encoding",
-    "header and alg",
-    "signature",
-    "payload and duplicate keys",
-    "exp / nbf",
-    "required claims",
-    "iat window",
-    "jti",
-    "uid claim",
-    "identity values",
-];
 
 /// Receives each passed step; `()` ignores them (the request path), `explain` prints them.
 pub trait Trace {
-    fn pass(&mut self, step: &'static str);
+    fn pass(&mut self, step: Step);
 }
 
 impl Trace for () {
     #[inline(always)]
-    fn pass(&mut self, _: &'static str) {}
+    fn pass(&mut self, _: Step) {}
 }
 
 /// What the audit line may say about a token: never the token, never raw claim values
@@ -126,10 +113,12 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    pub fn new(cfg: &Config, process_start: i64) -> Verifier {
+    /// The checks of `cfg` with `key`; tokens issued before `not_issued_before` (unix
+    /// seconds) are refused when set (`reject_issued_before_start`).
+    pub fn new(cfg: &Config, key: VerifyKey, not_issued_before: Option<i64>) -> Verifier {
         Verifier {
             alg: cfg.provider.algorithm,
-            key: cfg.provider.key.clone(),
+            key,
             uid_claim: cfg.provider.uid_claim.clone(),
             required_claims: cfg.provider.required_claims.clone(),
             user_header: cfg.gate.user_header.clone(),
@@ -137,10 +126,7 @@ impl Verifier {
             valid_within: cfg.provider.valid_within as i64,
             max_future_skew: cfg.gate.max_future_skew as i64,
             require_jti: cfg.gate.require_jti,
-            not_issued_before: cfg
-                .replay
-                .reject_issued_before_start
-                .then_some(process_start),
+            not_issued_before,
         }
     }
 
@@ -159,20 +145,176 @@ impl Verifier {
         now: i64,
         audit: &mut AuditInfo,
         trace: &mut T,
-    ) -> Result<Verified, Reject> {
+    ) -> Result<Verified, Reason> {
         let tok = token.as_bytes();
-        // 1. size
-        if tok.is_empty() {
-            return Err(Reject::TokenMissing);
-        }
-        if tok.len() >= MAX_TOKEN_BYTES {
-            return Err(Reject::TokenTooLarge);
-        }
-        trace.pass(STEPS[0]);
+        check_size(tok)?;
+        trace.pass(Step::Size);
+        let seg = Segments::decode(tok)?;
+        trace.pass(Step::Segments);
+        let header_dup = self.check_header(seg.header(), audit)?;
+        trace.pass(Step::Header);
+        self.check_signature(seg.signing_input(tok), seg.signature())?;
+        trace.pass(Step::Signature);
+        let claims = parse_claims(seg.payload(), header_dup)?;
+        audit.iss = claims.get("iss").map(short_text);
+        trace.pass(Step::Payload);
+        let exp = check_exp_nbf(&claims, now)?;
+        trace.pass(Step::ExpNbf);
+        self.check_required(&claims)?;
+        trace.pass(Step::RequiredClaims);
+        let iat = self.check_iat(&claims, now)?;
+        trace.pass(Step::IatWindow);
+        let jti = self.check_jti(&claims)?;
+        trace.pass(Step::Jti);
+        let uid = self.check_uid(&claims)?;
+        audit.uid_hash = Some(short_hash(uid.as_bytes()));
+        trace.pass(Step::Uid);
+        let identity = self.identity_headers(&claims, &uid)?;
+        trace.pass(Step::IdentityValues);
 
-        // 2. three segments of canonical base64url
+        let replay_key = replay_key(&claims, jti, seg.signing_input(tok), audit);
+        Ok(Verified {
+            uid,
+            identity,
+            replay_key,
+            expires_at: self.last_accepted_instant(iat, exp),
+        })
+    }
+
+    /// Until when a replay of this token could still pass the time checks: the store must
+    /// hold its key at least that long.
+    fn last_accepted_instant(&self, iat: i64, exp: Option<i64>) -> i64 {
+        let window_end = iat
+            .saturating_add(self.valid_within)
+            .saturating_add(self.max_future_skew);
+        exp.map_or(window_end, |e| e.max(window_end))
+    }
+
+    /// The header: a JSON object whose alg is exactly the configured one. A repeated key
+    /// is read the way Ruby reads it, the last one winning, and refused after the signature
+    /// (so that a forgery learns nothing): the returned flag says whether one was seen.
+    fn check_header(&self, header: &[u8], audit: &mut AuditInfo) -> Result<bool, Reason> {
+        let (hdr, header_dup) = parse_members_lenient(header).map_err(|_| Reason::HeaderInvalid)?;
+        audit.kid = hdr.get("kid").map(short_text);
+        let alg = match hdr.get("alg") {
+            Some(Claim::Str(a)) => a.as_ref(),
+            _ => return Err(Reason::AlgMissing),
+        };
+        audit.alg = Some(sanitize(alg, 16));
+        if alg.eq_ignore_ascii_case("none") {
+            return Err(Reason::AlgNone);
+        }
+        if alg != self.alg.name() {
+            return Err(Reason::AlgMismatch);
+        }
+        // RFC 7515 §4.1.11: the gate understands no extension, so any crit is refused.
+        // jku/jwk/x5u/x5c are never acted on: the key is the configured one, nothing is fetched.
+        if hdr.contains_key("crit") {
+            return Err(Reason::CritUnsupported);
+        }
+        Ok(header_dup)
+    }
+
+    /// The signature over the exact signing input.
+    fn check_signature(&self, signing_input: &[u8], sig: &[u8]) -> Result<(), Reason> {
+        if self.alg.ecdsa_sig_len().is_some_and(|len| sig.len() != len) {
+            return Err(Reason::BadSignature);
+        }
+        if !self.key.verify(signing_input, sig) {
+            return Err(Reason::BadSignature);
+        }
+        Ok(())
+    }
+
+    /// Required claims: presence (GitLab: a null value passes).
+    fn check_required(&self, claims: &Members) -> Result<(), Reason> {
+        if self.required_claims.iter().any(|c| !claims.contains_key(c)) {
+            return Err(Reason::MissingClaim);
+        }
+        Ok(())
+    }
+
+    /// iat: required, an integer, inside the window, not from the future, not from before
+    /// this gate started (a restart must not reopen the replay window).
+    fn check_iat(&self, claims: &Members, now: i64) -> Result<i64, Reason> {
+        let iat = match claims.get("iat") {
+            None => return Err(Reason::IatMissing),
+            Some(Claim::Num(n)) => n.as_i64().ok_or(Reason::IatInvalid)?,
+            Some(_) => return Err(Reason::IatInvalid),
+        };
+        if iat > now.saturating_add(self.max_future_skew) {
+            return Err(Reason::IatInFuture);
+        }
+        if now.saturating_sub(iat) > self.valid_within {
+            return Err(Reason::IatTooOld);
+        }
+        if self.not_issued_before.is_some_and(|start| iat < start) {
+            return Err(Reason::IssuedBeforeStart);
+        }
+        Ok(iat)
+    }
+
+    fn check_jti<'c>(&self, claims: &'c Members) -> Result<Option<&'c str>, Reason> {
+        match claims.get("jti") {
+            None if self.require_jti => Err(Reason::JtiMissing),
+            None => Ok(None),
+            Some(Claim::Str(s)) if !s.is_empty() => Ok(Some(s.as_ref())),
+            Some(_) => Err(Reason::JtiInvalid),
+        }
+    }
+
+    fn check_uid(&self, claims: &Members) -> Result<String, Reason> {
+        match claims.get(&self.uid_claim) {
+            None => Err(Reason::UidMissing),
+            Some(Claim::Str(s)) if !s.is_empty() => Ok(s.to_string()),
+            Some(_) => Err(Reason::UidInvalid),
+        }
+    }
+
+    /// Identity values become headers: no control characters (header injection).
+    fn identity_headers(
+        &self,
+        claims: &Members,
+        uid: &str,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, Reason> {
+        let mut identity = Vec::with_capacity(1 + self.info_headers.len());
+        identity.push((self.user_header.clone(), header_value(uid)?));
+        for (name, claim) in &self.info_headers {
+            let text = match claims.get(claim) {
+                None | Some(Claim::Null) => continue,
+                Some(Claim::Str(s)) => s.to_string(),
+                Some(v @ (Claim::Num(_) | Claim::Bool(_))) => v.to_json(),
+                Some(Claim::Nested(_)) => return Err(Reason::ClaimInvalid),
+            };
+            identity.push((name.clone(), header_value(&text)?));
+        }
+        Ok(identity)
+    }
+}
+
+fn check_size(tok: &[u8]) -> Result<(), Reason> {
+    if tok.is_empty() {
+        return Err(Reason::TokenMissing);
+    }
+    if tok.len() >= MAX_TOKEN_BYTES {
+        return Err(Reason::TokenTooLarge);
+    }
+    Ok(())
+}
+
+/// The three segments of a compact JWS, decoded from canonical base64url into one buffer.
+struct Segments {
+    decoded: Vec<u8>,
+    header_end: usize,
+    payload_end: usize,
+    /// Byte offset of the second dot in the token: the signing input ends there.
+    second_dot: usize,
+}
+
+impl Segments {
+    fn decode(tok: &[u8]) -> Result<Segments, Reason> {
         if tok[0] == b'{' {
-            return Err(Reject::JsonSerialization);
+            return Err(Reason::JsonSerialization);
         }
         let mut dots = [0usize; 5];
         let mut n_dots = 0;
@@ -185,8 +327,8 @@ impl Verifier {
         }
         match n_dots {
             2 => {}
-            4 => return Err(Reject::Jwe),
-            _ => return Err(Reject::Malformed),
+            4 => return Err(Reason::Jwe),
+            _ => return Err(Reason::Malformed),
         }
         let (h64, p64, s64) = (
             &tok[..dots[0]],
@@ -194,153 +336,65 @@ impl Verifier {
             &tok[dots[1] + 1..],
         );
         if h64.is_empty() || p64.is_empty() || s64.is_empty() {
-            return Err(Reject::Malformed);
+            return Err(Reason::Malformed);
         }
-        // one buffer for the three decoded segments
         let mut decoded = Vec::with_capacity(tok.len());
-        b64url_decode_canonical_into(h64, &mut decoded).ok_or(Reject::NonCanonical)?;
+        b64url_decode_canonical_into(h64, &mut decoded).ok_or(Reason::NonCanonical)?;
         let header_end = decoded.len();
-        b64url_decode_canonical_into(p64, &mut decoded).ok_or(Reject::NonCanonical)?;
+        b64url_decode_canonical_into(p64, &mut decoded).ok_or(Reason::NonCanonical)?;
         let payload_end = decoded.len();
-        b64url_decode_canonical_into(s64, &mut decoded).ok_or(Reject::NonCanonical)?;
-        let (header, rest) = decoded.split_at(header_end);
-        let (payload, sig) = rest.split_at(payload_end - header_end);
-        trace.pass(STEPS[1]);
-
-        // 3. header: a JSON object whose alg is exactly the configured one (a repeated key
-        // is read the way Ruby reads it, the last one winning, and refused after the signature)
-        let (hdr, header_dup) = match parse_members_lenient(header) {
-            Ok(m) => m,
-            Err(_) => return Err(Reject::HeaderInvalid),
-        };
-        audit.kid = hdr.get("kid").map(short_text);
-        let alg = match hdr.get("alg") {
-            Some(Claim::Str(a)) => a.as_ref(),
-            _ => return Err(Reject::AlgMissing),
-        };
-        audit.alg = Some(sanitize(alg, 16));
-        if alg.eq_ignore_ascii_case("none") {
-            return Err(Reject::AlgNone);
-        }
-        if alg != self.alg.name() {
-            return Err(Reject::AlgMismatch);
-        }
-        // RFC 7515 §4.1.11: the gate understands no extension, so any crit is refused.
-        // jku/jwk/x5u/x5c are never acted on: the key is the configured one, nothing is fetched.
-        if hdr.contains_key("crit") {
-            return Err(Reject::CritUnsupported);
-        }
-        trace.pass(STEPS[2]);
-
-        // 4. signature over the exact signing input
-        if let Some(len) = self.alg.ecdsa_sig_len() {
-            if sig.len() != len {
-                return Err(Reject::BadSignature);
-            }
-        }
-        let signing_input = &tok[..dots[1]];
-        if !self.key.verify(signing_input, sig) {
-            return Err(Reject::BadSignature);
-        }
-        trace.pass(STEPS[3]);
-
-        // 5. payload object; no duplicate keys anywhere
-        if header_dup {
-            return Err(Reject::DuplicateKey);
-        }
-        let claims = match parse_members(payload) {
-            Ok(m) if m.has_duplicates() => return Err(Reject::DuplicateKey),
-            Ok(m) => m,
-            Err(JsonError::DuplicateKey) => return Err(Reject::DuplicateKey),
-            Err(_) => return Err(Reject::PayloadInvalid),
-        };
-        audit.iss = claims.get("iss").map(short_text);
-        trace.pass(STEPS[4]);
-
-        // 6. exp / nbf (ruby-jwt: exp.to_i <= now expires; nbf.to_i > now is not yet valid)
-        let exp = match claims.get("exp") {
-            None => None,
-            Some(v) => Some(whole_seconds(v).ok_or(Reject::ExpInvalid)?),
-        };
-        if exp.is_some_and(|e| e <= now) {
-            return Err(Reject::Expired);
-        }
-        if let Some(v) = claims.get("nbf") {
-            let nbf = whole_seconds(v).ok_or(Reject::NbfInvalid)?;
-            if nbf > now {
-                return Err(Reject::NotYetValid);
-            }
-        }
-        trace.pass(STEPS[5]);
-
-        // 7. required claims: presence (GitLab: a null value passes)
-        if self.required_claims.iter().any(|c| !claims.contains_key(c)) {
-            return Err(Reject::MissingClaim);
-        }
-        trace.pass(STEPS[6]);
-
-        // 8. iat: required, an integer, inside the window, not from the future, not from
-        // before this process started (a restart must not reopen the replay window)
-        let iat = match claims.get("iat") {
-            None => return Err(Reject::IatMissing),
-            Some(Claim::Num(n)) => n.as_i64().ok_or(Reject::IatInvalid)?,
-            Some(_) => return Err(Reject::IatInvalid),
-        };
-        if iat > now.saturating_add(self.max_future_skew) {
-            return Err(Reject::IatInFuture);
-        }
-        if now.saturating_sub(iat) > self.valid_within {
-            return Err(Reject::IatTooOld);
-        }
-        if self.not_issued_before.is_some_and(|start| iat < start) {
-            return Err(Reject::IssuedBeforeStart);
-        }
-        trace.pass(STEPS[7]);
-
-        // 9. jti
-        let jti = match claims.get("jti") {
-            None if self.require_jti => return Err(Reject::JtiMissing),
-            None => None,
-            Some(Claim::Str(s)) if !s.is_empty() => Some(s.as_ref()),
-            Some(_) => return Err(Reject::JtiInvalid),
-        };
-        trace.pass(STEPS[8]);
-
-        // 10. uid
-        let uid = match claims.get(&self.uid_claim) {
-            None => return Err(Reject::UidMissing),
-            Some(Claim::Str(s)) if !s.is_empty() => s.to_string(),
-            Some(_) => return Err(Reject::UidInvalid),
-        };
-        audit.uid_hash = Some(short_hash(uid.as_bytes()));
-        trace.pass(STEPS[9]);
-
-        // 11. identity values become headers: no control characters (header injection)
-        let mut identity = Vec::with_capacity(1 + self.info_headers.len());
-        identity.push((self.user_header.clone(), header_value(&uid)?));
-        for (name, claim) in &self.info_headers {
-            let text = match claims.get(claim) {
-                None | Some(Claim::Null) => continue,
-                Some(Claim::Str(s)) => s.to_string(),
-                Some(v @ (Claim::Num(_) | Claim::Bool(_))) => v.to_json(),
-                Some(Claim::Nested(_)) => return Err(Reject::ClaimInvalid),
-            };
-            identity.push((name.clone(), header_value(&text)?));
-        }
-        trace.pass(STEPS[10]);
-
-        let replay_key = replay_key(&claims, jti, signing_input, audit);
-        let window_end = iat
-            .saturating_add(self.valid_within)
-            .saturating_add(self.max_future_skew);
-        let expires_at = exp.map_or(window_end, |e| e.max(window_end));
-        Ok(Verified {
-            uid,
-            identity,
-            replay_key,
-            expires_at,
+        b64url_decode_canonical_into(s64, &mut decoded).ok_or(Reason::NonCanonical)?;
+        Ok(Segments {
+            decoded,
+            header_end,
+            payload_end,
+            second_dot: dots[1],
         })
     }
+
+    fn header(&self) -> &[u8] {
+        &self.decoded[..self.header_end]
+    }
+    fn payload(&self) -> &[u8] {
+        &self.decoded[self.header_end..self.payload_end]
+    }
+    fn signature(&self) -> &[u8] {
+        &self.decoded[self.payload_end..]
+    }
+    fn signing_input<'t>(&self, tok: &'t [u8]) -> &'t [u8] {
+        &tok[..self.second_dot]
+    }
+}
+
+/// The payload: a JSON object with no duplicate keys anywhere (nor in the header).
+fn parse_claims(payload: &[u8], header_dup: bool) -> Result<Members<'_>, Reason> {
+    if header_dup {
+        return Err(Reason::DuplicateKey);
+    }
+    match parse_members(payload) {
+        Ok(m) if m.has_duplicates() => Err(Reason::DuplicateKey),
+        Ok(m) => Ok(m),
+        Err(JsonError::DuplicateKey) => Err(Reason::DuplicateKey),
+        Err(_) => Err(Reason::PayloadInvalid),
+    }
+}
+
+/// exp / nbf (ruby-jwt: `exp.to_i <= now` expires; `nbf.to_i > now` is not yet valid).
+fn check_exp_nbf(claims: &Members, now: i64) -> Result<Option<i64>, Reason> {
+    let exp = match claims.get("exp") {
+        None => None,
+        Some(v) => Some(whole_seconds(v).ok_or(Reason::ExpInvalid)?),
+    };
+    if exp.is_some_and(|e| e <= now) {
+        return Err(Reason::Expired);
+    }
+    if let Some(v) = claims.get("nbf") {
+        let nbf = whole_seconds(v).ok_or(Reason::NbfInvalid)?;
+        if nbf > now {
+            return Err(Reason::NotYetValid);
+        }
+    }
+    Ok(exp)
 }
 
 /// Issuer + jti when there is a jti (a re-signed token with the same jti is the same
@@ -386,12 +440,12 @@ fn whole_seconds(v: &Claim) -> Option<i64> {
     }
 }
 
-fn header_value(text: &str) -> Result<HeaderValue, Reject> {
+fn header_value(text: &str) -> Result<HeaderValue, Reason> {
     // C0 controls (CR, LF, NUL, TAB, ...) and DEL; non-ASCII text ("Zoë") is fine.
     if text.bytes().any(|b| b < 0x20 || b == 0x7f) {
-        return Err(Reject::ControlCharacters);
+        return Err(Reason::ControlCharacters);
     }
-    HeaderValue::from_bytes(text.as_bytes()).map_err(|_| Reject::ControlCharacters)
+    HeaderValue::from_bytes(text.as_bytes()).map_err(|_| Reason::ControlCharacters)
 }
 
 /// First 8 bytes of SHA-256, hex: enough to correlate audit lines, not to recover a value.
@@ -448,7 +502,10 @@ mod tests {
             "[upstream]\nurl = \"http://127.0.0.1:1\"\n[provider]\nsecret = \"{SECRET}\"\n{extra}"
         );
         let cfg = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}"));
-        Verifier::new(&cfg, NOW - 1000)
+        let (key, _) = VerifyKey::load(cfg.provider.algorithm, &cfg.provider.secret.0, false)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let start = cfg.replay.reject_issued_before_start.then_some(NOW - 1000);
+        Verifier::new(&cfg, key, start)
     }
 
     fn sign(header: &str, payload: &str) -> String {
@@ -462,7 +519,7 @@ mod tests {
         format!("{input}.{}", b64url_encode(tag.as_ref()))
     }
 
-    fn check(v: &Verifier, token: &str) -> Result<Verified, Reject> {
+    fn check(v: &Verifier, token: &str) -> Result<Verified, Reason> {
         v.verify(token, NOW, &mut AuditInfo::default(), &mut ())
     }
 
@@ -513,8 +570,8 @@ mod tests {
         // its low two bits are unused and must stay zero)
         let last = if t.ends_with('A') { 'E' } else { 'A' };
         let forged = format!("{}{last}", &t[..t.len() - 1]);
-        assert_eq!(check(&v, &forged).unwrap_err(), Reject::BadSignature);
-        assert_eq!(check(&v, &t).unwrap_err(), Reject::Expired);
+        assert_eq!(check(&v, &forged).unwrap_err(), Reason::BadSignature);
+        assert_eq!(check(&v, &t).unwrap_err(), Reason::Expired);
     }
 
     #[test]
@@ -528,7 +585,7 @@ mod tests {
         };
         assert_eq!(
             check(&v, &tok(&format!(r#","exp":{NOW}"#))).unwrap_err(),
-            Reject::Expired
+            Reason::Expired
         );
         assert!(check(&v, &tok(&format!(r#","exp":{}"#, NOW + 1))).is_ok());
         // ruby's to_i truncates: 1.9 seconds past now is still "now + 1"
@@ -536,18 +593,18 @@ mod tests {
         assert!(check(&v, &tok(&format!(r#","nbf":{NOW}"#))).is_ok());
         assert_eq!(
             check(&v, &tok(&format!(r#","nbf":{}"#, NOW + 1))).unwrap_err(),
-            Reject::NotYetValid
+            Reason::NotYetValid
         );
         let at = |iat: i64| sign(H, &format!(r#"{{"name":"N","email":"e@x","iat":{iat}}}"#));
         assert!(check(&v, &at(NOW - 300)).is_ok());
-        assert_eq!(check(&v, &at(NOW - 301)).unwrap_err(), Reject::IatTooOld);
+        assert_eq!(check(&v, &at(NOW - 301)).unwrap_err(), Reason::IatTooOld);
         assert!(check(&v, &at(NOW + 60)).is_ok());
-        assert_eq!(check(&v, &at(NOW + 61)).unwrap_err(), Reject::IatInFuture);
-        assert_eq!(check(&v, &at(NOW - 1001)).unwrap_err(), Reject::IatTooOld);
+        assert_eq!(check(&v, &at(NOW + 61)).unwrap_err(), Reason::IatInFuture);
+        assert_eq!(check(&v, &at(NOW - 1001)).unwrap_err(), Reason::IatTooOld);
         let v = verifier("valid_within = 5000\n");
         assert_eq!(
             check(&v, &at(NOW - 1001)).unwrap_err(),
-            Reject::IssuedBeforeStart
+            Reason::IssuedBeforeStart
         );
         assert!(check(&v, &at(NOW - 1000)).is_ok());
     }
@@ -559,7 +616,7 @@ mod tests {
         let ok = check(&v, &t).unwrap();
         assert_eq!(ok.identity.len(), 2, "a null info claim adds no header");
         let t = sign(H, &format!(r#"{{"name":"N","email":null,"iat":{NOW}}}"#));
-        assert_eq!(check(&v, &t).unwrap_err(), Reject::UidInvalid);
+        assert_eq!(check(&v, &t).unwrap_err(), Reason::UidInvalid);
     }
 
     #[test]

@@ -157,9 +157,11 @@ impl Logged {
 impl Drop for Logged {
     fn drop(&mut self) {
         if let Some(l) = self.log.take() {
-            crate::metrics::METRICS.request(&l.method, l.status);
+            crate::telemetry::metrics::METRICS.request(&l.method, l.status);
             if let Some(u) = l.upstream {
-                crate::metrics::METRICS.upstream_latency.observe(u);
+                crate::telemetry::metrics::METRICS
+                    .upstream_latency
+                    .observe(u);
             }
             let req_bytes = l
                 .req_bytes

@@ -12,7 +12,7 @@ use std::error::Error as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{request, Request, Response, StatusCode, Uri, Version};
 use hyper::upgrade::OnUpgrade;
@@ -23,9 +23,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use ipnet::IpNet;
 
 use body::{ReqBody, RespBody};
-use headers::IdentityHeaders;
+pub use headers::IdentityHeaders;
 
-use crate::config::Config;
+use crate::config::UpstreamConfig;
 
 pub struct Proxy {
     client: Client<HttpsConnector<HttpConnector>, ReqBody>,
@@ -33,9 +33,17 @@ pub struct Proxy {
     authority: Authority,
     response_header_timeout: Duration,
     trusted: Vec<IpNet>,
-    pub identity: IdentityHeaders,
+    identity: IdentityHeaders,
     /// X-Forwarded-Proto for requests from the public listener.
     proto: &'static str,
+}
+
+/// What the proxy needs to know of the listener in front of it.
+pub struct Front {
+    /// Peers whose X-Forwarded-* headers are trusted (appended to instead of replaced).
+    pub trusted_proxies: Vec<IpNet>,
+    /// Whether the public listener speaks TLS (X-Forwarded-Proto).
+    pub tls: bool,
 }
 
 /// What happened upstream, for the access log.
@@ -46,30 +54,19 @@ pub struct Forwarded {
 }
 
 impl Proxy {
-    /// Build the upstream client. Fails only when the upstream's TLS files cannot be read
-    /// (they were checked when the config was loaded).
-    pub fn new(cfg: &Config) -> Result<Proxy, String> {
-        let up = &cfg.upstream;
+    /// Build the upstream client. `tls` is used for https:// upstreams only; `identity`
+    /// names the headers only the gate may set.
+    pub fn new(
+        up: &UpstreamConfig,
+        tls: rustls::ClientConfig,
+        front: Front,
+        identity: IdentityHeaders,
+    ) -> Proxy {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(up.connect_timeout));
         conn.set_keepalive(Some(Duration::from_secs(60)));
         conn.enforce_http(false);
-        let tls = match &up.tls {
-            Some(t) => {
-                let pair = t
-                    .client_cert
-                    .as_ref()
-                    .map(|(c, k)| (c.as_path(), k.as_path()));
-                crate::tls::client_config(t.ca.as_deref(), pair)?
-            }
-            // never used for http:// upstreams, but the connector wants a config
-            None => rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth(),
-        };
         let b = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -93,35 +90,59 @@ impl Proxy {
         if up.http2 {
             builder.http2_only(true);
         }
-        let client = builder.build(connector);
-        let mut names = vec![&cfg.gate.user_header];
-        names.extend(cfg.gate.info_headers.iter().map(|(h, _)| h));
-        Ok(Proxy {
-            client,
-            scheme: cfg.upstream.url.scheme().cloned().unwrap_or(Scheme::HTTP),
-            authority: cfg
-                .upstream
+        Proxy {
+            client: builder.build(connector),
+            scheme: up.url.scheme().cloned().unwrap_or(Scheme::HTTP),
+            authority: up
                 .url
                 .authority()
                 .cloned()
                 .unwrap_or_else(|| Authority::from_static("127.0.0.1")),
-            response_header_timeout: cfg.upstream.response_header_timeout,
-            trusted: cfg.listen.trusted_proxies.clone(),
-            identity: IdentityHeaders::new(&cfg.gate.identity_header_prefix, &names),
-            proto: if cfg.listen.tls.is_some() {
-                "https"
-            } else {
-                "http"
-            },
-        })
+            response_header_timeout: up.response_header_timeout,
+            trusted: front.trusted_proxies,
+            identity,
+            proto: if front.tls { "https" } else { "http" },
+        }
     }
 
-    /// Apply the header rules to a request about to go upstream: identity headers out,
-    /// hop-by-hop out, X-Forwarded-* set, Host from an absolute-form target, the target
-    /// rewritten to the upstream.
-    pub fn prepare(&self, parts: &mut request::Parts, peer: SocketAddr, upgrade: bool) {
+    /// Forward one request: strip what the client may not send, inject the identity (empty
+    /// except on a verified callback), rewrite for the upstream, send. With `client_upgrade`,
+    /// a 101 answer opens a tunnel between the client's and the upstream's connections.
+    pub async fn forward(
+        &self,
+        mut parts: request::Parts,
+        body: ReqBody,
+        identity: Vec<(HeaderName, HeaderValue)>,
+        peer: SocketAddr,
+        client_upgrade: Option<OnUpgrade>,
+    ) -> Forwarded {
+        self.strip(&mut parts, client_upgrade.is_some());
+        for (name, value) in identity {
+            parts.headers.insert(name, value);
+        }
+        if let ReqBody::Full(buffered) = &body {
+            // the gate has read the body: nothing is left to continue, and its length is known
+            parts.headers.remove(header::EXPECT);
+            if let Some(b) = buffered {
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+            }
+        }
+        self.rewrite(&mut parts, peer);
+        self.send(Request::from_parts(parts, body), client_upgrade)
+            .await
+    }
+
+    /// Identity headers out (every spelling), hop-by-hop out.
+    pub fn strip(&self, parts: &mut request::Parts, upgrade: bool) {
         self.identity.strip(&mut parts.headers);
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+    }
+
+    /// X-Forwarded-* set, Host from an absolute-form target, the target rewritten to the
+    /// upstream.
+    pub fn rewrite(&self, parts: &mut request::Parts, peer: SocketAddr) {
         // RFC 9112 §3.2.2: with an absolute-form target the Host field is ignored and
         // replaced by the target's authority (HTTP/2's :authority likewise).
         if let Some(a) = parts.uri.authority() {
@@ -153,13 +174,7 @@ impl Proxy {
         parts.version = Version::HTTP_11;
     }
 
-    /// Send a prepared request. With `client_upgrade`, a 101 answer opens a tunnel between
-    /// the client's and the upstream's connections.
-    pub async fn send(
-        &self,
-        req: Request<ReqBody>,
-        client_upgrade: Option<OnUpgrade>,
-    ) -> Forwarded {
+    async fn send(&self, req: Request<ReqBody>, client_upgrade: Option<OnUpgrade>) -> Forwarded {
         let t0 = Instant::now();
         let fut = self.client.request(req);
         let result = tokio::time::timeout(self.response_header_timeout, fut).await;

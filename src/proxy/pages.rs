@@ -2,7 +2,7 @@
 //! echoed; the reason code is stable and also sent as `X-Jwt-Gate-Reason`.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, REFERRER_POLICY};
 use http::{Response, StatusCode};
 
 use super::body::RespBody;
@@ -49,6 +49,9 @@ a{{color:#1f75cb}}</style></head>\n<body><main><h1>{title}</h1><p>{}</p>\
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // a refused callback's URL may hold an unburned token: the "back to sign in" link
+    // must not carry it away in Referer
+    h.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     h.insert(REASON_HEADER, HeaderValue::from_static(reason));
     resp
 }

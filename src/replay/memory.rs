@@ -29,8 +29,8 @@ impl MemoryStore {
 
     /// Sweep expired entries every `every` until the store is dropped.
     pub fn spawn_sweeper(self: &Arc<Self>, every: Duration) {
-        crate::spawn_periodic(Arc::downgrade(self), every, |store: Arc<MemoryStore>| {
-            store.sweep(crate::unix_now());
+        crate::clock::spawn_periodic(Arc::downgrade(self), every, |store: Arc<MemoryStore>| {
+            store.sweep(crate::clock::unix_now());
             std::future::ready(())
         });
     }
@@ -92,6 +92,9 @@ impl ReplayStore for MemoryStore {
     }
     fn kind(&self) -> &'static str {
         "memory"
+    }
+    fn start_maintenance(self: Arc<Self>, every: Duration) {
+        self.spawn_sweeper(every);
     }
 }
 

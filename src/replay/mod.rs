@@ -52,6 +52,8 @@ pub trait ReplayStore: Send + Sync + 'static {
     /// Live entries, where the store can tell cheaply (metrics and readiness).
     fn entries(&self) -> Option<usize>;
     fn kind(&self) -> &'static str;
+    /// Start background upkeep (the memory store's sweeper), every `every`. Needs a runtime.
+    fn start_maintenance(self: std::sync::Arc<Self>, _every: std::time::Duration) {}
     /// Can the store answer right now? (`/readyz`)
     fn health(&self) -> HealthFuture<'_> {
         Box::pin(std::future::ready(Ok(())))

@@ -16,20 +16,7 @@ use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServer
 use redis::{IntoConnectionInfo, RedisConnectionInfo};
 
 use super::{Recorded, ReplayStore, StoreError, StoreFuture};
-
-/// How to reach Redis.
-#[derive(Debug, Clone)]
-pub struct RedisSettings {
-    /// `redis://`, `rediss://`, `redis+unix:///path`, or a socket path (`/var/opt/gitlab/redis/redis.socket`).
-    pub url: Option<String>,
-    /// `host:port` of each sentinel; with `master_name`.
-    pub sentinels: Vec<String>,
-    pub master_name: Option<String>,
-    pub password: Option<String>,
-    pub key_prefix: String,
-    pub connect_timeout: Duration,
-    pub response_timeout: Duration,
-}
+pub use crate::config::RedisSettings;
 
 enum Target {
     Direct(redis::Client),

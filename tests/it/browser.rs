@@ -3,13 +3,11 @@
 //! sample identity provider, land signed in with the identity shown, open the same callback
 //! link again and see the replay page. Screenshots are kept in target/browser-artifacts/.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -164,15 +162,10 @@ async fn chromium(profile: &std::path::Path) -> (Bin, Page) {
 
 #[tokio::test]
 async fn a_browser_signs_in_through_the_demo_and_sees_the_replay_refused() {
-    let port = free_port();
-    let gate: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let _demo = Bin(Command::new(gate_bin())
-        .args(["demo", "--listen", &gate.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap());
-    wait_listening(gate).await;
+    let mut cmd = Command::new(gate_bin());
+    cmd.args(["demo", "--listen", "127.0.0.1:0"]);
+    let demo = serve_bin(cmd).await;
+    let gate = demo.addr;
     let profile = TempDir::new("chromium-profile");
     let (_browser, mut page) = chromium(&profile.0).await;
 

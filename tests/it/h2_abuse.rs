@@ -3,13 +3,11 @@
 //! responsive (a normal request on a second connection answers within a second) and the
 //! upstream must see a bounded number of requests.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::Request;
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};

@@ -6,12 +6,12 @@ use std::fmt::Write as _;
 
 use crate::config::Config;
 use crate::login::encoding::b64url_decode_canonical;
-use crate::login::verify::{AuditInfo, Trace, Verifier, STEPS};
+use crate::login::verify::{AuditInfo, Step, Trace, Verifier};
 
-struct Collect(Vec<&'static str>);
+struct Collect(Vec<Step>);
 
 impl Trace for Collect {
-    fn pass(&mut self, step: &'static str) {
+    fn pass(&mut self, step: Step) {
         self.0.push(step);
     }
 }
@@ -56,24 +56,28 @@ pub fn explain(cfg: &Config, token: &str, now: i64) -> (String, bool) {
         }
     }
 
+    let key = match crate::app::verify_key(cfg) {
+        Ok((k, _)) => k,
+        Err(e) => return (format!("{out}cannot load the key: {e}\n"), false),
+    };
     // explain runs in its own process: "issued before start" would be meaningless here
-    let mut verifier = Verifier::new(cfg, now);
-    verifier.not_issued_before = None;
+    let verifier = Verifier::new(cfg, key, None);
     let mut trace = Collect(Vec::new());
     let mut audit = AuditInfo::default();
     let result = verifier.verify(token, now, &mut audit, &mut trace);
     let _ = writeln!(out, "checks:");
     let mut failed_shown = false;
-    for step in STEPS {
-        if trace.0.contains(step) {
-            let _ = writeln!(out, "  [pass] {step}");
+    for step in Step::ALL {
+        let name = step.name();
+        if trace.0.contains(&step) {
+            let _ = writeln!(out, "  [pass] {name}");
         } else if !failed_shown {
             failed_shown = true;
             if let Err(r) = &result {
-                let _ = writeln!(out, "  [FAIL] {step}: {} — {}", r.code(), r.describe());
+                let _ = writeln!(out, "  [FAIL] {name}: {} — {}", r.code(), r.describe());
             }
         } else {
-            let _ = writeln!(out, "  [ -- ] {step} (not reached)");
+            let _ = writeln!(out, "  [ -- ] {name} (not reached)");
         }
     }
     match &result {
@@ -96,12 +100,12 @@ pub fn explain(cfg: &Config, token: &str, now: i64) -> (String, bool) {
             let _ = writeln!(out, "result: ACCEPTED (if unused)");
         }
         Err(r) => {
-            let status = if r.code() == "token_missing" {
-                400
-            } else {
-                401
-            };
-            let _ = writeln!(out, "result: REJECTED ({status} {})", r.code());
+            let _ = writeln!(
+                out,
+                "result: REJECTED ({} {})",
+                r.status().as_u16(),
+                r.code()
+            );
         }
     }
     (out, result.is_ok())

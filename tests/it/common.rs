@@ -279,31 +279,44 @@ pub fn hs256_provider() -> String {
     format!("[provider]\nsecret = \"{SECRET}\"\nalgorithm = \"HS256\"\n")
 }
 
-/// A gate running in this test's runtime through the real `serve` entry point.
+/// A gate running in this test's runtime through the real `server::start` entry point, on
+/// the ports its config names (port 0: any free one, read back from `start`).
 pub struct Gate {
     pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub redirect: Option<SocketAddr>,
+    pub app: Arc<jwt_gate::app::App>,
     stop: Option<oneshot::Sender<()>>,
-    pub done: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    done: Option<tokio::task::JoinHandle<Result<(), String>>>,
 }
 
 impl Gate {
     pub async fn start(config: &str) -> Gate {
-        let cfg = jwt_gate::Config::from_toml_str(config).unwrap_or_else(|e| panic!("{e}"));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let done = tokio::spawn(jwt_gate::serve(listener, Arc::new(cfg), async move {
-            let _ = rx.await;
-        }));
-        Gate {
-            addr,
-            stop: Some(tx),
-            done: Some(done),
-        }
+        Self::try_start(config)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Signal shutdown (as SIGTERM does) and wait for `serve` to return.
-    pub async fn shutdown(&mut self) -> std::io::Result<()> {
+    /// Start, or the errors `run` would print.
+    pub async fn try_start(config: &str) -> Result<Gate, String> {
+        let cfg = jwt_gate::Config::from_toml_str(config).map_err(|e| e.to_string())?;
+        let (tx, rx) = oneshot::channel::<()>();
+        let running = jwt_gate::server::start(cfg, async move {
+            let _ = rx.await;
+        })
+        .await?;
+        Ok(Gate {
+            addr: running.addr,
+            admin: running.admin_addr,
+            redirect: running.redirect_addr,
+            app: running.app.clone(),
+            stop: Some(tx),
+            done: Some(tokio::spawn(running.wait())),
+        })
+    }
+
+    /// Signal shutdown (as SIGTERM does) and wait for the drain to finish.
+    pub async fn shutdown(&mut self) -> Result<(), String> {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -387,7 +400,7 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
 }
 
 pub fn now() -> i64 {
-    jwt_gate::unix_now()
+    jwt_gate::clock::unix_now()
 }
 
 /// Standard valid claims for `email`, issued now.
@@ -508,13 +521,96 @@ impl Drop for Bin {
     }
 }
 
-/// A free loopback port (bind, read, release).
+/// A free loopback port (bind, read, release) for servers that cannot report the port they
+/// bound (redis-server). The gate itself always starts on port 0: see [`serve_bin`].
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The real binary, serving: its stdout and stderr collected, and the addresses it bound
+/// (port 0 in its config) read from its "listening" log lines.
+pub struct Served {
+    pub bin: Bin,
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub output: Arc<Mutex<String>>,
+}
+
+impl Served {
+    /// Everything the process printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+}
+
+/// The address on a log line, text (`addr=1.2.3.4:5`) or JSON (`"addr":"1.2.3.4:5"`).
+fn logged_addr(line: &str) -> Option<SocketAddr> {
+    let (start, end) = if let Some(i) = line.find("\"addr\":\"") {
+        (i + 8, '"')
+    } else {
+        (line.find("addr=")? + 5, ' ')
+    };
+    line[start..].split(end).next()?.trim().parse().ok()
+}
+
+fn collect_lines(r: impl std::io::Read + Send + 'static, into: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(r).lines().map_while(Result::ok) {
+            let mut o = into.lock().unwrap();
+            o.push_str(&line);
+            o.push('\n');
+        }
+    });
+}
+
+/// Spawn `cmd` (the binary's `run` or `demo`, possibly wrapped) and wait until it says it
+/// listens; panics with its output if it exits or stays silent for 30 s.
+pub async fn serve_bin(mut cmd: std::process::Command) -> Served {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = Arc::new(Mutex::new(String::new()));
+    collect_lines(child.stdout.take().unwrap(), output.clone());
+    collect_lines(child.stderr.take().unwrap(), output.clone());
+    let mut bin = Bin(child);
+    for _ in 0..1500 {
+        let text = output.lock().unwrap().clone();
+        let find = |what: &str| {
+            text.lines()
+                .filter(|l| l.contains(what))
+                .find_map(logged_addr)
+        };
+        if let Some(addr) = find("jwt-gate listening") {
+            return Served {
+                bin,
+                addr,
+                admin: find("admin listening"),
+                output,
+            };
+        }
+        if let Ok(Some(status)) = bin.0.try_wait() {
+            panic!("the gate exited ({status}) before listening:\n{text}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "the gate did not say it listens:\n{}",
+        output.lock().unwrap()
+    );
+}
+
+/// `jwt-gate run --config cfg`, serving.
+pub async fn run_bin(cfg: &std::path::Path) -> Served {
+    let mut cmd = std::process::Command::new(gate_bin());
+    cmd.args(["run", "--config"]).arg(cfg);
+    serve_bin(cmd).await
 }
 
 /// Wait until something accepts on `addr`.

@@ -2,15 +2,13 @@
 //! ALPN, HTTP/2 callbacks, websockets over TLS, certificate rotation, client certificates,
 //! https upstreams, the redirect listener, HSTS, and JWT key reload.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::Request;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -409,15 +407,8 @@ async fn https_upstreams_are_verified_against_the_configured_ca_with_optional_mt
 
     // system roots do not know the test CA: the upstream is refused, the gate answers 502
     let no_ca = format!("[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"\"\n[upstream]\nurl = \"https://localhost:{port}\"\n{}", hs256_provider());
-    if let Ok(cfg) = jwt_gate::Config::from_toml_str(&no_ca) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(jwt_gate::serve(
-            listener,
-            Arc::new(cfg),
-            std::future::pending(),
-        ));
-        let got = get(&format!("http://{addr}/secure")).await;
+    if let Ok(g) = Gate::try_start(&no_ca).await {
+        let got = get(&g.url("/secure")).await;
         assert_eq!(got.status, 502);
     }
     assert_eq!(up.count(), 1);
@@ -445,26 +436,16 @@ async fn https_upstreams_are_verified_against_the_configured_ca_with_optional_mt
 async fn plain_http_redirects_to_https_but_never_a_callback_and_hsts_is_sent() {
     let pki = Pki::new();
     let up = Upstream::start().await;
-    let plain = free_port();
     pki.server_cert();
-    // the redirect listener needs the TLS port in the config: build it by hand
-    let tls_port = free_port();
     let cfg = format!(
-        "[listen]\naddr = \"127.0.0.1:{tls_port}\"\nhttp_redirect_addr = \"127.0.0.1:{plain}\"\n[admin]\naddr = \"\"\n[upstream]\nurl = \"http://{}\"\n{}{}",
+        "[listen]\naddr = \"127.0.0.1:0\"\nhttp_redirect_addr = \"127.0.0.1:0\"\n[admin]\naddr = \"\"\n[upstream]\nurl = \"http://{}\"\n{}{}",
         up.addr,
         hs256_provider(),
         tls_section(&pki, "hsts_max_age = 31536000\n")
     );
-    let cfg = jwt_gate::Config::from_toml_str(&cfg).unwrap_or_else(|e| panic!("{e}"));
-    let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{tls_port}"))
-        .await
-        .unwrap();
-    tokio::spawn(jwt_gate::serve(
-        listener,
-        Arc::new(cfg),
-        std::future::pending(),
-    ));
-    wait_listening(format!("127.0.0.1:{plain}").parse().unwrap()).await;
+    let gate = Gate::start(&cfg).await;
+    let tls_port = gate.addr.port();
+    let plain = gate.redirect.expect("the redirect listener is on").port();
 
     let c = client();
     let r = send(

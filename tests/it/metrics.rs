@@ -1,14 +1,12 @@
 //! `/metrics` on the admin listener of the real binary: what it counts after real traffic,
 //! and how it follows certificate and key reloads.
 
-mod common;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// Parsed OpenMetrics text: `name{labels}` → value (label order as written by the gate).
 struct Scrape {
@@ -49,28 +47,27 @@ async fn scrape(admin: SocketAddr) -> Scrape {
     }
 }
 
-fn start(dir: &TempDir, cfg_body: &str) -> (Bin, SocketAddr, SocketAddr) {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+/// The binary on port 0, public and admin listening.
+async fn start(dir: &TempDir, cfg_body: &str) -> (Served, SocketAddr, SocketAddr) {
     let cfg = dir.write(
         "gate.toml",
-        &format!("[listen]\naddr = \"{addr}\"\n[admin]\naddr = \"{admin}\"\n{cfg_body}"),
+        &format!("[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n{cfg_body}"),
     );
-    (run_config(&cfg, Stdio::null(), Stdio::null()), addr, admin)
+    let served = run_bin(&cfg).await;
+    let (addr, admin) = (served.addr, served.admin.expect("the admin listener is on"));
+    (served, addr, admin)
 }
 
 /// A plain HS256 gate in front of `up`, listening (public and admin).
-async fn start_plain(dir: &TempDir, up: &Upstream) -> (Bin, SocketAddr, SocketAddr) {
-    let started = start(
+async fn start_plain(dir: &TempDir, up: &Upstream) -> (Served, SocketAddr, SocketAddr) {
+    start(
         dir,
         &format!(
             "[upstream]\nurl = \"http://{}\"\n[provider]\nsecret = \"{SECRET}\"\n",
             up.addr
         ),
-    );
-    wait_listening(started.1).await;
-    wait_listening(started.2).await;
-    started
+    )
+    .await
 }
 
 #[tokio::test]
@@ -165,7 +162,7 @@ async fn open_connections_gauge_follows_clients() {
     let up = Upstream::start().await;
     let dir = TempDir::new("metrics-conns");
     let (_bin, addr, admin) = start_plain(&dir, &up).await;
-    // wait_listening's probe connection closes first: then nothing is open
+    // nothing has connected to the public listener yet
     assert_eq!(open_connections_reach(admin, 0.0).await, 0.0);
     let mut held = Vec::new();
     for _ in 0..5 {
@@ -221,7 +218,7 @@ async fn metrics_follow_certificate_and_key_reloads() {
     let dir = TempDir::new("metrics-reload");
     let first = cert_files(&dir, 2031);
     let key = dir.write("jwt.secret", &"k".repeat(40));
-    let (bin, addr, admin) = start(
+    let (bin, _addr, admin) = start(
         &dir,
         &format!(
             "[listen.tls]\ncert = \"{d}/tls.crt\"\nkey = \"{d}/tls.key\"\nreload_interval = 3600\n[upstream]\nurl = \"http://{}\"\n[provider]\nsecret_file = \"{}\"\n[gate]\nkey_reload_interval = 3600\n",
@@ -229,9 +226,8 @@ async fn metrics_follow_certificate_and_key_reloads() {
             key.display(),
             d = dir.0.display()
         ),
-    );
-    wait_listening(addr).await;
-    wait_listening(admin).await;
+    )
+    .await;
     let ok_tls = r#"jwt_gate_reloads_total{kind="tls_certificate",result="success"}"#;
     let bad_tls = r#"jwt_gate_reloads_total{kind="tls_certificate",result="failure"}"#;
     let ok_key = r#"jwt_gate_reloads_total{kind="jwt_key",result="success"}"#;
@@ -247,7 +243,7 @@ async fn metrics_follow_certificate_and_key_reloads() {
     // a new certificate and a new key: both reload, the expiry moves
     let second = cert_files(&dir, 2032);
     dir.write("jwt.secret", &"n".repeat(40));
-    let s = hup_and_wait(&bin, admin, ok_key, 1.0).await;
+    let s = hup_and_wait(&bin.bin, admin, ok_key, 1.0).await;
     assert_eq!(s.get(ok_tls), 1.0);
     assert_eq!(s.get(ok_key), 1.0);
     assert_eq!(s.get(expiry), second as f64);
@@ -259,7 +255,7 @@ async fn metrics_follow_certificate_and_key_reloads() {
         "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
     );
     dir.write("jwt.secret", "short");
-    let s = hup_and_wait(&bin, admin, bad_key, 1.0).await;
+    let s = hup_and_wait(&bin.bin, admin, bad_key, 1.0).await;
     assert_eq!(s.get(bad_tls), 1.0);
     assert_eq!(s.get(bad_key), 1.0);
     assert_eq!(s.get(ok_tls), 1.0);

@@ -2,14 +2,11 @@
 //! on a free port per test: shared replay protection across gates, atomicity, TTLs, outages,
 //! passwords, unix sockets and Sentinel.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 /// A real redis-server on a free port (and optionally a unix socket), killed on drop.
@@ -367,16 +364,9 @@ async fn readyz_reports_the_store_and_gates_only_when_asked() {
                 redis.url()
             ),
         );
-        let cfg = Arc::new(jwt_gate::Config::from_toml_str(&cfg).unwrap());
-        let app = jwt_gate::App::new(&cfg).unwrap();
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = l.local_addr().unwrap();
-        tokio::spawn(jwt_gate::admin::serve(
-            l,
-            cfg.clone(),
-            app,
-            std::future::pending(),
-        ));
+        let cfg = cfg.replace("[admin]\naddr = \"\"", "[admin]\naddr = \"127.0.0.1:0\"");
+        let gate = Gate::start(&cfg).await;
+        let admin = gate.admin.expect("the admin listener is on");
         let ok = get(&format!("http://{admin}/readyz")).await;
         assert_eq!(ok.status, 200, "{}", ok.text());
         assert!(

@@ -229,7 +229,7 @@ impl Idp {
                 })
                 .unwrap_or_default()
         };
-        let now = crate::unix_now();
+        let now = crate::clock::unix_now();
         let claims = serde_json::json!({
             "iss": "jwt-gate-demo-idp",
             "name": field("name"),

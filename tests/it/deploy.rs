@@ -5,13 +5,11 @@
 //! `systemd-analyze`, and the binary is run the way the image runs it: as uid 65532 on a
 //! read-only root filesystem.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use yaml_rust2::{Yaml, YamlLoader};
 
 fn repo(p: &str) -> PathBuf {
@@ -466,12 +464,10 @@ async fn the_binary_serves_as_nonroot_on_a_read_only_root() {
     let up = Upstream::start().await;
     let dir = TempDir::new("ro-root");
     std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let key = dir.write("jwt.key", SECRET);
     let cfg = dir.write(
         "gate.toml",
-        &format!("[listen]\naddr = \"{addr}\"\n[admin]\naddr = \"{admin}\"\n[upstream]\nurl = \"http://{}\"\n[provider]\nsecret_file = \"{}\"\n", up.addr, key.display()),
+        &format!("[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{}\"\n[provider]\nsecret_file = \"{}\"\n", up.addr, key.display()),
     );
     let bin = gate_bin();
     let script = format!(
@@ -482,15 +478,11 @@ async fn the_binary_serves_as_nonroot_on_a_read_only_root() {
         bin = bin.display(),
         cfg = cfg.display()
     );
-    let child = Command::new("unshare")
-        .args(["-m", "sh", "-c", &script])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let bin = Bin(child);
-    wait_listening(addr).await;
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "sh", "-c", &script]);
+    let served = serve_bin(cmd).await;
+    let (pid, addr) = (served.bin.0.id(), served.addr);
+    let admin = served.admin.expect("the admin listener is on");
     // the process serving is the gate, as 65532
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
@@ -508,5 +500,5 @@ async fn the_binary_serves_as_nonroot_on_a_read_only_root() {
     assert_eq!(get(&link).await.reason(), Some("replayed"));
     assert_eq!(get(&format!("http://{admin}/readyz")).await.status, 200);
     assert_eq!(up.count(), 2);
-    drop(bin);
+    drop(served);
 }

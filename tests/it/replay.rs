@@ -2,10 +2,8 @@
 //! are accepted once, whatever their spelling, and nothing is recorded before the
 //! signature verified.
 
-mod common;
-
+use crate::common::*;
 use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P521_SHA512_FIXED_SIGNING};
-use common::*;
 use jwt_gate::login::encoding::{b64url_decode_canonical, b64url_encode, pem_first_block};
 use serde_json::json;
 
@@ -205,9 +203,8 @@ async fn a_key_for_the_wrong_curve_or_type_fails_at_startup() {
         ("RS256", es256.gate_material.as_str()),
     ] {
         let text = format!("[upstream]\nurl = \"http://127.0.0.1:1\"\n[provider]\nalgorithm = \"{alg}\"\nsecret = '''{material}'''\n");
-        let err = jwt_gate::Config::from_toml_str(&text)
-            .unwrap_err()
-            .to_string();
+        let cfg = jwt_gate::Config::from_toml_str(&text).unwrap();
+        let err = jwt_gate::app::App::build(cfg).err().unwrap().to_string();
         assert!(err.contains("provider.secret"), "{alg}: {err}");
     }
 }

@@ -2,11 +2,9 @@
 //! recording upstream. The upstream must only ever see well-formed requests that the gate
 //! parsed itself, never bytes a client hid after an ambiguous body.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const SMUGGLED: &str = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
 

@@ -1,13 +1,11 @@
 //! The real `jwt-gate` binary: `check`, `explain`, `run` (streaming in flat memory, audit
 //! lines without tokens, SIGTERM drain) and `demo`.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use futures_util::StreamExt;
 use http::Request;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -115,23 +113,13 @@ fn explain_prints_every_check_and_the_decoded_token() {
     );
 }
 
-/// Start `jwt-gate run` on free ports in front of `up`; returns the child and its address.
-async fn run_gate(
-    dir: &TempDir,
-    up: std::net::SocketAddr,
-    extra: &str,
-) -> (Bin, std::net::SocketAddr, std::path::PathBuf) {
-    let port = free_port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+/// Start `jwt-gate run` on port 0 in front of `up`.
+async fn run_gate(dir: &TempDir, up: std::net::SocketAddr, extra: &str) -> Served {
     let cfg = dir.write(
         "gate.toml",
-        &format!("[listen]\naddr = \"{addr}\"\n[admin]\naddr = \"127.0.0.1:{}\"\n[upstream]\nurl = \"http://{up}\"\n[provider]\nsecret = \"{SECRET}\"\n{extra}", free_port()),
+        &format!("[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{up}\"\n[provider]\nsecret = \"{SECRET}\"\n{extra}"),
     );
-    let log = dir.0.join("gate.log");
-    let logf = std::fs::File::create(&log).unwrap();
-    let bin = run_config(&cfg, logf.try_clone().unwrap(), logf);
-    wait_listening(addr).await;
-    (bin, addr, log)
+    run_bin(&cfg).await
 }
 
 fn sigterm(bin: &Bin) {
@@ -146,7 +134,8 @@ fn sigterm(bin: &Bin) {
 async fn a_gigabyte_streams_both_ways_in_flat_memory() {
     let up = Upstream::start().await;
     let dir = TempDir::new("stream");
-    let (bin, addr, _) = run_gate(&dir, up.addr, "").await;
+    let served = run_gate(&dir, up.addr, "").await;
+    let (bin, addr) = (&served.bin, served.addr);
     let pid = bin.0.id();
     const GIB: u64 = 1 << 30;
     let idle = rss_kib(pid);
@@ -223,7 +212,9 @@ async fn a_gigabyte_streams_both_ways_in_flat_memory() {
 async fn audit_and_access_logs_never_contain_a_token_and_sigterm_drains() {
     let up = Upstream::start().await;
     let dir = TempDir::new("logs");
-    let (bin, addr, log) = run_gate(&dir, up.addr, "").await;
+    let Served {
+        bin, addr, output, ..
+    } = run_gate(&dir, up.addr, "").await;
     let good = hs256(&claims("logged@x"));
     let forged = foreign(&claims("forged@x"));
     let base = format!("http://{addr}/users/auth/jwt/callback?jwt=");
@@ -253,7 +244,14 @@ async fn audit_and_access_logs_never_contain_a_token_and_sigterm_drains() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 
-    let logs = std::fs::read_to_string(&log).unwrap();
+    // the output threads may still be reading the last lines
+    for _ in 0..100 {
+        if output.lock().unwrap().contains("all connections drained") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let logs = output.lock().unwrap().clone();
     for secret in [
         good.as_str(),
         good.split('.').nth(2).unwrap(),
@@ -287,24 +285,16 @@ async fn audit_and_access_logs_never_contain_a_token_and_sigterm_drains() {
 async fn json_logs_are_json_lines() {
     let up = Upstream::start().await;
     let dir = TempDir::new("json");
-    let port = free_port();
-    let cfg = dir.write("gate.toml", &format!("[listen]\naddr = \"127.0.0.1:{port}\"\n[admin]\naddr = \"\"\n[upstream]\nurl = \"http://{}\"\n[provider]\nsecret = \"{SECRET}\"\n", up.addr));
-    let out = dir.0.join("out.log");
-    let f = std::fs::File::create(&out).unwrap();
-    let child = Command::new(gate_bin())
-        .args(["--log-format", "json", "run", "--config"])
-        .arg(&cfg)
-        .stdout(f)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let bin = Bin(child);
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_listening(addr).await;
+    let cfg = dir.write("gate.toml", &format!("[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"\"\n[upstream]\nurl = \"http://{}\"\n[provider]\nsecret = \"{SECRET}\"\n", up.addr));
+    let mut cmd = Command::new(gate_bin());
+    cmd.args(["--log-format", "json", "run", "--config"])
+        .arg(&cfg);
+    let served = serve_bin(cmd).await;
+    let addr = served.addr;
     get(&format!("http://{addr}/users/auth/jwt/callback?jwt=nope")).await;
-    sigterm(&bin);
+    sigterm(&served.bin);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let text = std::fs::read_to_string(&out).unwrap();
+    let text = served.output();
     let audit: Vec<serde_json::Value> = text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -319,18 +309,17 @@ async fn json_logs_are_json_lines() {
 async fn admin_health_and_readiness_follow_the_upstream() {
     let up = Upstream::start().await;
     let dir = TempDir::new("admin");
-    let admin_port = free_port();
-    let gate_port = free_port();
-    let cfg = dir.write("gate.toml", &format!("[listen]\naddr = \"127.0.0.1:{gate_port}\"\n[admin]\naddr = \"127.0.0.1:{admin_port}\"\n[upstream]\nurl = \"http://{}\"\n[provider]\nsecret = \"{SECRET}\"\n", up.addr));
-    let _bin = run_config(&cfg, Stdio::null(), Stdio::null());
-    wait_listening(format!("127.0.0.1:{admin_port}").parse().unwrap()).await;
-    let admin = |p: &str| format!("http://127.0.0.1:{admin_port}{p}");
+    let cfg = dir.write("gate.toml", &format!("[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{}\"\n[provider]\nsecret = \"{SECRET}\"\n", up.addr));
+    let served = run_bin(&cfg).await;
+    let admin_addr = served.admin.expect("the admin listener is on");
+    let gate_addr = served.addr;
+    let admin = |p: &str| format!("http://{admin_addr}{p}");
     assert_eq!(get(&admin("/healthz")).await.status, 200);
     let ready = get(&admin("/readyz")).await;
     assert_eq!(ready.status, 200, "{}", ready.text());
     assert!(ready.text().contains("replay store: memory"));
     // the public listener does not serve the admin endpoints: they go upstream
-    get(&format!("http://127.0.0.1:{gate_port}/healthz")).await;
+    get(&format!("http://{gate_addr}/healthz")).await;
     assert_eq!(
         up.seen().last().map(|s| s.target.clone()),
         Some("/healthz".to_string())
@@ -344,16 +333,10 @@ async fn admin_health_and_readiness_follow_the_upstream() {
 
 #[tokio::test]
 async fn demo_signs_in_through_the_sample_idp_and_refuses_the_replay() {
-    let port = free_port();
-    let child = Command::new(gate_bin())
-        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let bin = Bin(child);
-    let gate: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_listening(gate).await;
+    let mut cmd = Command::new(gate_bin());
+    cmd.args(["demo", "--listen", "127.0.0.1:0"]);
+    let served = serve_bin(cmd).await;
+    let gate = served.addr;
     let c = client();
     let home = get(&format!("http://{gate}/")).await;
     assert!(home.text().contains("Sign in with JWT"));
@@ -398,7 +381,7 @@ async fn demo_signs_in_through_the_sample_idp_and_refuses_the_replay() {
         (again.status.as_u16(), again.reason()),
         (401, Some("replayed"))
     );
-    drop(bin);
+    drop(served);
 }
 
 #[tokio::test]
@@ -407,11 +390,9 @@ async fn sighup_reloads_the_jwt_key_now() {
     let dir = TempDir::new("hup");
     let key = dir.write("jwt.secret", &"o".repeat(40));
     // polling effectively off: only SIGHUP can pick up the change
-    let port = free_port();
-    let addr2: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let cfg = dir.write("hup.toml", &format!("[listen]\naddr = \"{addr2}\"\n[admin]\naddr = \"\"\n[upstream]\nurl = \"http://{}\"\n[provider]\nsecret_file = \"{}\"\n[gate]\nkey_reload_interval = 3600\n", up.addr, key.display()));
-    let bin = run_config(&cfg, Stdio::null(), Stdio::null());
-    wait_listening(addr2).await;
+    let cfg = dir.write("hup.toml", &format!("[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"\"\n[upstream]\nurl = \"http://{}\"\n[provider]\nsecret_file = \"{}\"\n[gate]\nkey_reload_interval = 3600\n", up.addr, key.display()));
+    let served = run_bin(&cfg).await;
+    let (bin, addr2) = (&served.bin, served.addr);
     let sign = |secret: &str, email: &str| hs256_with(secret.as_bytes(), &claims(email));
     let new = "n".repeat(40);
     dir.write("jwt.secret", &new);

@@ -2,12 +2,10 @@
 //! parameter ambiguity, bodies, and identity headers. In every rejection the upstream
 //! received nothing.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http::Request;
 use http_body_util::Full;
 use serde_json::json;
@@ -294,8 +292,8 @@ async fn uid_missing_jti_missing_and_issued_before_start() {
         "jti_missing",
     )
     .await;
-    // a token issued before this process started (inside the iat window) is refused...
-    let start = jwt_gate::process_start();
+    // a token issued before this gate started (inside the iat window) is refused...
+    let start = gate.app.started_at;
     let old = hs256(&json!({"name": "N", "email": "e@x", "iat": start - 2, "jti": "j2"}));
     expect_reject(&gate, &up, &old, 401, "issued_before_start").await;
     // ...unless the operator turned that off

@@ -2,12 +2,10 @@
 //! Omnibus gitlab.rb and a source install's gitlab.yml) become a `[provider]` that `check`
 //! accepts and that a running gate verifies tokens with.
 
-mod common;
-
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 fn import(path: &Path) -> (i32, String, String) {
     let out = Command::new(gate_bin())
@@ -35,19 +33,18 @@ async fn import_and_sign_in(file: &str, secret: &str, callback: &str) -> (String
     assert_eq!(code, 0, "{err}");
     let up = Upstream::start().await;
     let dir = TempDir::new("import");
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let cfg = dir.write(
         "gate.toml",
         &format!(
-            "[listen]\naddr = \"{addr}\"\n[admin]\naddr = \"\"\n[upstream]\nurl = \"http://{}\"\n{toml}",
+            "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"\"\n[upstream]\nurl = \"http://{}\"\n{toml}",
             up.addr
         ),
     );
     let (code, check_text) = run_check(&cfg);
     assert_eq!(code, 0, "{check_text}");
 
-    let _bin = run_config(&cfg, Stdio::null(), Stdio::null());
-    wait_listening(addr).await;
+    let served = run_bin(&cfg).await;
+    let addr = served.addr;
     let token = hs256_with(secret.as_bytes(), &claims("imported@example.com"));
     let got = get(&format!("http://{addr}{callback}?jwt={token}")).await;
     assert_eq!(got.status, 200, "{}", got.text());

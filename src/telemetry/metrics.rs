@@ -7,7 +7,6 @@
 //! dashboard or an alert never waits for a series to appear.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
@@ -18,44 +17,14 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::login::verify::Reject;
-use crate::server::App;
-
 /// Method classes: the methods GitLab traffic uses, and everything else.
 pub const METHODS: [&str; 8] = [
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other",
 ];
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// Reason codes of the login gate other than the token checks' own ([`Reject::ALL_CODES`]).
-pub const GATE_REASONS: &[&str] = &[
-    "method_not_allowed",
-    "duplicate_content_type",
-    "body_not_allowed",
-    "missing_content_type",
-    "multipart_not_allowed",
-    "unsupported_content_type",
-    "bad_content_type",
-    "body_timeout",
-    "body_too_large",
-    "body_read_error",
-    "duplicate_jwt_param",
-    "semicolon_in_query",
-    "ambiguous_jwt_param",
-    "bad_param_encoding",
-    "replayed",
-    "replay_store_full",
-    "replay_store_unavailable",
-];
-
-/// Slots of the login-decision counter: 0 is forwarded ("ok"), then every reason code, then
-/// "other" (a code this table does not know: a bug, but still counted).
-fn reason_slots() -> impl Iterator<Item = &'static str> {
-    std::iter::once("ok")
-        .chain(Reject::ALL_CODES.iter().copied())
-        .chain(GATE_REASONS.iter().copied())
-        .chain(std::iter::once("other"))
-}
+/// Slots of the login-decision counter: the caller's reason index (0 is "ok", forwarded);
+/// [`Sources::reasons`] names them at scrape time.
 const MAX_REASONS: usize = 64;
 
 /// Histogram upper bounds, seconds (the last bucket is +Inf).
@@ -173,10 +142,8 @@ impl Metrics {
         ConnectionGuard(self)
     }
 
-    pub fn login(&self, reason: &str, took: Duration) {
-        let slot = reason_slots()
-            .position(|r| r == reason)
-            .unwrap_or_else(|| reason_slots().count() - 1);
+    /// A login decision: `slot` is the reason's index in [`Sources::reasons`] (0: forwarded).
+    pub fn login(&self, slot: usize, took: Duration) {
         self.logins[slot.min(MAX_REASONS - 1)].fetch_add(1, Relaxed);
         self.login_latency.observe(took);
     }
@@ -206,9 +173,21 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// The scrape-time view: the static counters plus what the app knows.
+/// What the scrape reads from elsewhere, as narrow handles: the metrics know no app.
+pub struct Sources {
+    /// Names of the login-decision slots, in slot order: "ok" first, at most 64.
+    pub reasons: &'static [&'static str],
+    /// The replay store's kind (`memory`, `redis`).
+    pub store_kind: &'static str,
+    /// Live replay-store entries, where the store can tell cheaply.
+    pub store_entries: Box<dyn Fn() -> Option<usize> + Send + Sync>,
+    /// The serving certificate's notAfter (unix seconds), with TLS.
+    pub cert_not_after: Box<dyn Fn() -> Option<i64> + Send + Sync>,
+}
+
+/// The scrape-time view: the static counters plus the [`Sources`].
 struct GateCollector {
-    app: Arc<App>,
+    sources: Sources,
 }
 
 impl std::fmt::Debug for GateCollector {
@@ -294,7 +273,7 @@ impl Collector for GateCollector {
                 None,
                 MetricType::Counter,
             )?;
-            for (i, reason) in reason_slots().enumerate().take(MAX_REASONS) {
+            for (i, reason) in self.sources.reasons.iter().enumerate().take(MAX_REASONS) {
                 let outcome = if i == 0 { "forwarded" } else { "rejected" };
                 let labels = [("outcome", outcome), ("reason", reason)];
                 ConstCounter::new(m.logins[i].load(Relaxed)).encode(e.encode_family(&labels)?)?;
@@ -307,8 +286,8 @@ impl Collector for GateCollector {
         )?;
 
         // replay store
-        let store = self.app.gate.store();
-        if let Some(n) = store.entries() {
+        let store_kind = self.sources.store_kind;
+        if let Some(n) = (self.sources.store_entries)() {
             gauge(
                 &mut enc,
                 "replay_store_entries",
@@ -328,7 +307,7 @@ impl Collector for GateCollector {
                 ("full", &m.store_errors_full),
                 ("unavailable", &m.store_errors_unavailable),
             ] {
-                let labels = [("store", store.kind()), ("error", kind)];
+                let labels = [("store", store_kind), ("error", kind)];
                 ConstCounter::new(v.load(Relaxed)).encode(e.encode_family(&labels)?)?;
             }
         }
@@ -354,7 +333,7 @@ impl Collector for GateCollector {
                 }
             }
         }
-        if let Some(expiry) = self.app.tls.as_ref().and_then(|t| t.not_after()) {
+        if let Some(expiry) = (self.sources.cert_not_after)() {
             gauge(
                 &mut enc,
                 "tls_certificate_expiry_timestamp",
@@ -394,9 +373,9 @@ fn resident_bytes() -> Option<i64> {
 }
 
 /// The registry served at `/metrics`: everything under the `jwt_gate_` prefix.
-pub fn registry(app: Arc<App>) -> Registry {
+pub fn registry(sources: Sources) -> Registry {
     let mut r = Registry::with_prefix("jwt_gate");
-    r.register_collector(Box::new(GateCollector { app }));
+    r.register_collector(Box::new(GateCollector { sources }));
     r
 }
 
@@ -411,19 +390,6 @@ pub fn render(registry: &Registry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_reason_has_its_own_slot() {
-        let n = reason_slots().count();
-        assert!(
-            n <= MAX_REASONS,
-            "{n} reasons do not fit {MAX_REASONS} slots"
-        );
-        let mut seen = std::collections::HashSet::new();
-        for r in reason_slots() {
-            assert!(seen.insert(r), "reason {r} listed twice");
-        }
-    }
 
     #[test]
     fn histogram_buckets_by_upper_bound() {

@@ -1,12 +1,10 @@
 //! Everything that is not the callback streams through untouched, with the header rules,
 //! limits and error pages of a production proxy.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use futures_util::{SinkExt, StreamExt};
 use http::Request;
 use http_body_util::Full;

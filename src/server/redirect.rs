@@ -69,10 +69,20 @@ fn without_port(host: &str) -> &str {
     }
 }
 
-/// Serve redirects until the process ends.
-pub async fn serve(listener: TcpListener, https_port: u16, callback: String) {
+/// Serve redirects until `shutdown` resolves.
+pub(super) async fn serve<F: std::future::Future<Output = ()>>(
+    listener: TcpListener,
+    https_port: u16,
+    callback: String,
+    shutdown: F,
+) {
+    tokio::pin!(shutdown);
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = &mut shutdown => return,
+        };
+        let Ok((stream, _)) = accepted else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };

@@ -1,0 +1,119 @@
+//! `[replay]`: where single use is recorded (memory, or Redis shared by replicas).
+
+use std::path::Path;
+use std::time::Duration;
+
+use toml::Table;
+
+use super::reader::Section;
+
+pub const DEFAULT_MAX_ENTRIES: u64 = 1_000_000;
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_KEY_PREFIX: &str = "jwt-gate:replay:";
+pub const DEFAULT_REDIS_CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone)]
+pub struct ReplayConfig {
+    pub store: StoreKind,
+    pub max_entries: usize,
+    pub reject_issued_before_start: bool,
+    pub sweep_interval: Duration,
+    /// Set when `store = "redis"`.
+    pub redis: Option<RedisSettings>,
+    /// Whether `/readyz` fails while the store cannot answer (default off: a Redis outage
+    /// must not take every pod out of its Service and stop git traffic too).
+    pub ready_requires_store: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Memory,
+    Redis,
+}
+
+/// How to reach Redis.
+#[derive(Clone)]
+pub struct RedisSettings {
+    /// `redis://`, `rediss://`, `redis+unix:///path`, or a socket path (`/var/opt/gitlab/redis/redis.socket`).
+    pub url: Option<String>,
+    /// `host:port` of each sentinel; with `master_name`.
+    pub sentinels: Vec<String>,
+    pub master_name: Option<String>,
+    pub password: Option<String>,
+    pub key_prefix: String,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // the URL may carry a password: say only which form is configured
+        f.debug_struct("RedisSettings")
+            .field("url", &self.url.as_ref().map(|_| ".."))
+            .field("sentinels", &self.sentinels.len())
+            .field("master_name", &self.master_name)
+            .field("password", &self.password.as_ref().map(|_| ".."))
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
+pub(crate) fn read(t: &Table, base: &Path, errs: &mut Vec<String>) -> ReplayConfig {
+    let mut s = Section::new("replay", t, errs);
+    let store_name: String = s.get("store", "memory".to_string());
+    let store = match store_name.as_str() {
+        "memory" => StoreKind::Memory,
+        "redis" => StoreKind::Redis,
+        other => {
+            s.err(
+                "store",
+                format!("unknown store {other:?} (expected \"memory\" or \"redis\")"),
+            );
+            StoreKind::Memory
+        }
+    };
+    let max_entries = s.positive("max_entries", DEFAULT_MAX_ENTRIES, 1_000_000_000) as usize;
+    // Redis outlives the gate: a restart does not reopen the replay window there
+    let reject_issued_before_start = s.get("reject_issued_before_start", store != StoreKind::Redis);
+    let sweep_interval = s.secs("sweep_interval", DEFAULT_SWEEP_INTERVAL);
+    let ready_requires_store = s.get("ready_requires_store", false);
+    let redis_url: Option<String> = s.opt("redis_url");
+    let sentinels: Vec<String> = s.get("sentinels", Vec::new());
+    let master_name: Option<String> = s.opt("master_name");
+    let password_file: Option<String> = s.opt("redis_password_file");
+    let key_prefix: String = s.get("key_prefix", DEFAULT_KEY_PREFIX.to_string());
+    let connect_timeout = s.secs("redis_connect_timeout", DEFAULT_REDIS_CONNECT_TIMEOUT);
+    let response_timeout = s.secs("redis_timeout", DEFAULT_REDIS_TIMEOUT);
+    let password = password_file.and_then(|f| {
+        let p = base.join(f);
+        match std::fs::read_to_string(&p) {
+            Ok(pw) => Some(pw.trim_end_matches(['\r', '\n']).to_string()),
+            Err(e) => {
+                s.err("redis_password_file", format!("{}: {e}", p.display()));
+                None
+            }
+        }
+    });
+    if store == StoreKind::Memory && (redis_url.is_some() || !sentinels.is_empty()) {
+        s.err("redis_url", "set store = \"redis\" to use Redis");
+    }
+    s.finish();
+    let redis = (store == StoreKind::Redis).then_some(RedisSettings {
+        url: redis_url,
+        sentinels,
+        master_name,
+        password,
+        key_prefix,
+        connect_timeout,
+        response_timeout,
+    });
+    ReplayConfig {
+        store,
+        max_entries,
+        reject_issued_before_start,
+        sweep_interval,
+        redis,
+        ready_requires_store,
+    }
+}

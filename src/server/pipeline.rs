@@ -1,0 +1,228 @@
+//! One request, as named phases (the pingora habit): guard (request-level checks) → route
+//! (callback, ambiguous callback, other) → login (the callback only) → forward. A phase
+//! that answers the client ends the path; each module is visited once per request.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::app::App;
+use crate::login::route::{classify, Route};
+use crate::login::Reason;
+use crate::proxy::body::{AccessLog, BodyStats, Logged, ReqBody, RespBody};
+use crate::proxy::headers::wants_upgrade;
+use crate::proxy::pages::page;
+
+/// A refusal of the gate's own, before or after the login phase.
+struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    detail: &'static str,
+}
+
+const fn refusal(status: StatusCode, code: &'static str, detail: &'static str) -> Refusal {
+    Refusal {
+        status,
+        code,
+        detail,
+    }
+}
+
+/// One request, start to finish. Never fails: every outcome is a response.
+pub(crate) async fn handle(
+    app: &App,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Logged> {
+    let mut resp = phases(app, req, peer).await;
+    if let Some(h) = &app.hsts {
+        resp.headers_mut()
+            .insert(header::STRICT_TRANSPORT_SECURITY, h.clone());
+    }
+    resp
+}
+
+async fn phases(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> Response<Logged> {
+    let mut log = AccessLog {
+        method: req.method().clone(),
+        path: req.uri().path().to_owned(),
+        client: peer,
+        status: 0,
+        start: Instant::now(),
+        upstream: None,
+        req_bytes: None,
+        req_bytes_fixed: 0,
+        reason: None,
+    };
+    let version = req.version();
+    let cfg = &app.config;
+
+    // guard
+    if let Err(r) = guard(&req, cfg.listen.max_uri_bytes) {
+        return answer(
+            page(r.status, r.code, r.detail, None),
+            r.code,
+            log,
+            version,
+            true,
+        );
+    }
+
+    // route
+    let route = classify(req.uri().path(), &cfg.gate.callback_path);
+    if route == Route::AmbiguousCallback {
+        let r = refusal(
+            StatusCode::BAD_REQUEST,
+            "ambiguous_callback_path",
+            "This is not a valid sign-in callback address.",
+        );
+        return answer(
+            page(r.status, r.code, r.detail, None),
+            r.code,
+            log,
+            version,
+            true,
+        );
+    }
+    let upgrade = route == Route::Other && wants_upgrade(req.headers());
+    let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+
+    // login
+    let (body, identity, stats) = if route == Route::Callback {
+        match app.gate.decide(&parts, body, peer).await {
+            Ok(admitted) => {
+                log.req_bytes_fixed = admitted.body.as_ref().map_or(0, |b| b.len() as u64);
+                (ReqBody::Full(admitted.body), admitted.identity, None)
+            }
+            Err(reason) => return login_refused(app, reason, log, version),
+        }
+    } else {
+        let stats = Arc::new(BodyStats::default());
+        log.req_bytes = Some(stats.clone());
+        (
+            ReqBody::Stream(body, stats.clone()),
+            Vec::new(),
+            Some(stats),
+        )
+    };
+
+    // forward
+    let mut fwd = app
+        .proxy
+        .forward(parts, body, identity, peer, on_upgrade)
+        .await;
+    // the upstream exchange failed because the client's own body did: that is a 400
+    if fwd.reason.is_some() && stats.is_some_and(|s| s.failed.load(Ordering::Relaxed)) {
+        let r = refusal(
+            StatusCode::BAD_REQUEST,
+            "bad_request_body",
+            "The request body was malformed or incomplete.",
+        );
+        fwd.response = page(r.status, r.code, r.detail, None);
+        close_after(&mut fwd.response, version);
+        fwd.reason = Some(r.code);
+    }
+    log.status = fwd.response.status().as_u16();
+    log.upstream = fwd.upstream;
+    log.reason = fwd.reason;
+    let (p, b) = fwd.response.into_parts();
+    Response::from_parts(p, Logged::new(b, log))
+}
+
+/// Request-level checks, before anything is routed.
+fn guard(req: &Request<Incoming>, max_uri_bytes: usize) -> Result<(), Refusal> {
+    if req.method() == Method::CONNECT {
+        return Err(refusal(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "connect_refused",
+            "CONNECT is not supported.",
+        ));
+    }
+    let headers = req.headers();
+    if headers.get_all(header::HOST).iter().count() > 1 {
+        return Err(refusal(
+            StatusCode::BAD_REQUEST,
+            "duplicate_host",
+            "The request has more than one Host header.",
+        ));
+    }
+    // RFC 9112 §6.1/§6.3: a message with both Transfer-Encoding and Content-Length, or
+    // with Transfer-Encoding repeated, is how requests are smuggled; no client needs it.
+    // (hyper 1 already drops Content-Length next to Transfer-Encoding and closes the
+    // connection afterwards; the first check guards against a parser that would not.)
+    let te = headers.get_all(header::TRANSFER_ENCODING).iter().count();
+    if te > 0 && headers.contains_key(header::CONTENT_LENGTH) {
+        return Err(refusal(
+            StatusCode::BAD_REQUEST,
+            "ambiguous_framing",
+            "The request has both Transfer-Encoding and Content-Length.",
+        ));
+    }
+    if te > 1 {
+        return Err(refusal(
+            StatusCode::BAD_REQUEST,
+            "bad_transfer_encoding",
+            "The request repeats Transfer-Encoding.",
+        ));
+    }
+    let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if uri_len > max_uri_bytes {
+        return Err(refusal(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            "The request URI is too long.",
+        ));
+    }
+    Ok(())
+}
+
+/// The login phase refused: its page, with a way back to sign in.
+fn login_refused(
+    app: &App,
+    reason: Reason,
+    log: AccessLog,
+    version: http::Version,
+) -> Response<Logged> {
+    let sign_in = Some(app.config.gate.sign_in_path.as_str());
+    let mut resp = page(reason.status(), reason.code(), reason.describe(), sign_in);
+    if let Some((name, value)) = reason.extra_header() {
+        resp.headers_mut()
+            .insert(name, HeaderValue::from_static(value));
+    }
+    // a refused callback's body may be unread: never parse what follows it (a 401 has
+    // read its body whole)
+    let close = reason.status() != StatusCode::UNAUTHORIZED;
+    answer(resp, reason.code(), log, version, close)
+}
+
+/// Send a page of the gate's own, logged with its reason.
+fn answer(
+    mut resp: Response<RespBody>,
+    code: &'static str,
+    mut log: AccessLog,
+    version: http::Version,
+    close: bool,
+) -> Response<Logged> {
+    log.status = resp.status().as_u16();
+    log.reason = Some(code);
+    if close {
+        close_after(&mut resp, version);
+    }
+    let (p, b) = resp.into_parts();
+    Response::from_parts(p, Logged::new(b, log))
+}
+
+/// Ask hyper to close an HTTP/1 connection after this response: the request's body may be
+/// unread, and its bytes must never be parsed as a next request.
+fn close_after<B>(resp: &mut Response<B>, version: http::Version) {
+    if version <= http::Version::HTTP_11 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+}

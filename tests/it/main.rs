@@ -1,0 +1,21 @@
+//! The integration suite: one test binary (each area a module), so the crate is linked once.
+//! Everything runs against real sockets on port 0, a recording upstream, the real gate and
+//! the real binary.
+
+mod common;
+
+mod architecture;
+mod binary;
+mod browser;
+mod deploy;
+mod h2_abuse;
+mod import;
+mod json_parse;
+mod login;
+mod metrics;
+mod passthrough;
+mod rack_model;
+mod redis;
+mod replay;
+mod smuggling;
+mod tls;
