@@ -11,9 +11,16 @@ pub enum Route {
     Callback,
     /// Only becomes the callback after some normalisation: refused with 400.
     AmbiguousCallback,
+    /// A JWT callback under another prefix than the configured one (a relative URL root
+    /// or a `callback_path` the gate was not told about): refused with 400, because a
+    /// callback the gate does not check must never stream through to GitLab.
+    ForeignCallback,
     /// Anything else: passed through.
     Other,
 }
+
+/// OmniAuth's callback for a provider named `jwt`, under any relative URL root.
+const JWT_CALLBACK_SUFFIX: &str = "/users/auth/jwt/callback";
 
 /// Classify `path` against `callback` (lower-cased, without a trailing `/`).
 pub fn classify(path: &str, callback: &str) -> Route {
@@ -27,13 +34,22 @@ pub fn classify(path: &str, callback: &str) -> Route {
     let suspicious =
         b.iter().any(|&c| matches!(c, b'%' | b'.' | b';' | b'\\')) || path.contains("//");
     if !suspicious {
-        return Route::Other;
+        return if ends_with_ignore_case(trimmed, JWT_CALLBACK_SUFFIX) {
+            Route::ForeignCallback
+        } else {
+            Route::Other
+        };
     }
-    if loose_normalize(path).is_some_and(|p| p == callback) {
-        Route::AmbiguousCallback
-    } else {
-        Route::Other
+    match loose_normalize(path) {
+        Some(p) if p == callback => Route::AmbiguousCallback,
+        Some(p) if p.ends_with(JWT_CALLBACK_SUFFIX) => Route::ForeignCallback,
+        _ => Route::Other,
     }
+}
+
+fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
+    s.len() >= suffix.len()
+        && s.as_bytes()[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
 }
 
 /// Percent-decode (up to three rounds, for double encoding), lower-case, treat `\` as `/`,
@@ -147,13 +163,30 @@ mod tests {
     }
 
     #[test]
+    fn a_callback_under_another_prefix_is_foreign() {
+        for p in [
+            "/gitlab/users/auth/jwt/callback",
+            "/x/USERS/auth/jwt/callback/",
+            "/gitlab/users/auth/jwt/callback.json",
+            "/gitlab/users/auth/jwt/%63allback",
+            "/a/b/../users/auth/jwt/callback",
+        ] {
+            assert_eq!(classify(p, CB), Route::ForeignCallback, "{p}");
+        }
+    }
+
+    #[test]
     fn relative_url_root_is_part_of_the_callback() {
         let cb = "/gitlab/users/auth/jwt/callback";
         assert_eq!(
             classify("/gitlab/users/auth/jwt/callback", cb),
             Route::Callback
         );
-        assert_eq!(classify("/users/auth/jwt/callback", cb), Route::Other);
+        // the bare callback, or another root, is a callback the gate was not told about
+        assert_eq!(
+            classify("/users/auth/jwt/callback", cb),
+            Route::ForeignCallback
+        );
         assert_eq!(
             classify("/gitlab//users/auth/jwt/callback", cb),
             Route::AmbiguousCallback

@@ -64,30 +64,13 @@ async fn phases(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> Resp
 
     // guard
     if let Err(r) = guard(&req, cfg.listen.max_uri_bytes) {
-        return answer(
-            page(r.status, r.code, r.detail, None),
-            r.code,
-            log,
-            version,
-            true,
-        );
+        return refuse(r, log, version);
     }
 
     // route
     let route = classify(req.uri().path(), &cfg.gate.callback_path);
-    if route == Route::AmbiguousCallback {
-        let r = refusal(
-            StatusCode::BAD_REQUEST,
-            "ambiguous_callback_path",
-            "This is not a valid sign-in callback address.",
-        );
-        return answer(
-            page(r.status, r.code, r.detail, None),
-            r.code,
-            log,
-            version,
-            true,
-        );
+    if let Some(r) = misrouted_callback(route) {
+        return refuse(r, log, version);
     }
     let upgrade = route == Route::Other && wants_upgrade(req.headers());
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -113,7 +96,7 @@ async fn phases(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> Resp
     };
 
     // forward
-    let mut fwd = app
+    let fwd = app
         .proxy
         .forward(parts, body, identity, peer, on_upgrade)
         .await;
@@ -124,15 +107,31 @@ async fn phases(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> Resp
             "bad_request_body",
             "The request body was malformed or incomplete.",
         );
-        fwd.response = page(r.status, r.code, r.detail, None);
-        close_after(&mut fwd.response, version);
-        fwd.reason = Some(r.code);
+        return refuse(r, log, version);
     }
     log.status = fwd.response.status().as_u16();
     log.upstream = fwd.upstream;
     log.reason = fwd.reason;
     let (p, b) = fwd.response.into_parts();
     Response::from_parts(p, Logged::new(b, log))
+}
+
+/// A path that is a JWT callback only in a form the gate does not verify: refused, never
+/// forwarded.
+fn misrouted_callback(route: Route) -> Option<Refusal> {
+    match route {
+        Route::AmbiguousCallback => Some(refusal(
+            StatusCode::BAD_REQUEST,
+            "ambiguous_callback_path",
+            "This is not a valid sign-in callback address.",
+        )),
+        Route::ForeignCallback => Some(refusal(
+            StatusCode::BAD_REQUEST,
+            "callback_path_mismatch",
+            "This sign-in callback is not the one this gate guards (check gate.callback_path).",
+        )),
+        Route::Callback | Route::Other => None,
+    }
 }
 
 /// Request-level checks, before anything is routed.
@@ -171,6 +170,17 @@ fn guard(req: &Request<Incoming>, max_uri_bytes: usize) -> Result<(), Refusal> {
             "The request repeats Transfer-Encoding.",
         ));
     }
+    // RFC 9113 §8.3.1: an HTTP/2 :path is origin-form ("/…") or "*"; http < 1.5 let a
+    // ":path: http://x/…" through in absolute form, which Workhorse and nginx route to the
+    // callback unchecked. Held here, not only by the dependency.
+    let path = req.uri().path();
+    if !(path.starts_with('/') || path == "*") {
+        return Err(refusal(
+            StatusCode::BAD_REQUEST,
+            "bad_request_target",
+            "The request target is not an absolute path.",
+        ));
+    }
     let uri_len = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
     if uri_len > max_uri_bytes {
         return Err(refusal(
@@ -199,6 +209,18 @@ fn login_refused(
     // read its body whole)
     let close = reason.status() != StatusCode::UNAUTHORIZED;
     answer(resp, reason.code(), log, version, close)
+}
+
+/// A refusal of the gate's own: its page, and the connection closed after it (the
+/// request's body may be unread).
+fn refuse(r: Refusal, log: AccessLog, version: http::Version) -> Response<Logged> {
+    answer(
+        page(r.status, r.code, r.detail, None),
+        r.code,
+        log,
+        version,
+        true,
+    )
 }
 
 /// Send a page of the gate's own, logged with its reason.

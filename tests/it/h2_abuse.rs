@@ -110,22 +110,36 @@ const DATA: u8 = 0;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 
+/// An HPACK string literal: its length as a 7-bit-prefix integer (RFC 7541 §5.1, no
+/// Huffman), then the bytes.
+fn hpack_str(b: &mut Vec<u8>, s: &str) {
+    let mut n = s.len();
+    if n < 127 {
+        b.push(n as u8);
+    } else {
+        b.push(127);
+        n -= 127;
+        while n >= 128 {
+            b.push((n % 128) as u8 | 0x80);
+            n /= 128;
+        }
+        b.push(n as u8);
+    }
+    b.extend_from_slice(s.as_bytes());
+}
+
 /// HPACK for `GET https://localhost<path>` (static-table indices, literal values) plus
 /// any extra literal headers.
 fn hpack_get(path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
     let mut b = vec![0x82, 0x87]; // :method GET, :scheme https
     b.push(0x04); // :path, literal without indexing, indexed name 4
-    b.push(path.len() as u8);
-    b.extend_from_slice(path.as_bytes());
+    hpack_str(&mut b, path);
     b.push(0x01); // :authority
-    b.push(9);
-    b.extend_from_slice(b"localhost");
+    hpack_str(&mut b, "localhost");
     for (n, v) in extra {
         b.push(0x00);
-        b.push(n.len() as u8);
-        b.extend_from_slice(n.as_bytes());
-        b.push(v.len() as u8);
-        b.extend_from_slice(v.as_bytes());
+        hpack_str(&mut b, n);
+        hpack_str(&mut b, v);
     }
     b
 }
@@ -169,6 +183,34 @@ async fn the_hand_written_frames_are_well_formed() {
     );
     assert_eq!(seen[0].headers["x-raw"], "1");
     assert_eq!(seen[0].headers["host"], "localhost");
+}
+
+#[tokio::test]
+async fn a_path_that_is_not_origin_form_never_reaches_the_upstream() {
+    // RFC 9113 §8.3.1: ":path" must start with "/". Sent as "http://x/users/auth/jwt/
+    // callback?jwt=…", http < 1.5 classed it as another path and forwarded it in absolute
+    // form, which Workhorse and GitLab's nginx route to the callback unchecked.
+    let t = tls_gate().await;
+    let token = hs256(&claims("absolute@x"));
+    for (i, path) in [
+        format!("http://gitlab.example/users/auth/jwt/callback?jwt={token}"),
+        format!("users/auth/jwt/callback?jwt={token}"),
+        "http://gitlab.example/explore".to_string(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let frames = std::iter::once(frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            1 + 2 * i as u32,
+            &hpack_get(path, &[]),
+        ));
+        flood(&t, frames, Duration::from_millis(500)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(t.up.count(), 0, "{:?}", t.up.seen());
+    still_responsive(&t).await;
 }
 
 #[tokio::test]

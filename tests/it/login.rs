@@ -556,6 +556,43 @@ async fn expect_100_continue_sends_nothing_upstream_before_verification() {
 }
 
 #[tokio::test]
+async fn a_callback_under_a_prefix_the_gate_was_not_told_about_is_refused() {
+    // GitLab under a relative URL root (or another callback_path) the gate does not know:
+    // before, the real callback streamed through unchecked
+    let (up, gate) = hs_gate("").await;
+    for p in [
+        "/gitlab/users/auth/jwt/callback",
+        "/gitlab/users/auth/jwt/callback/",
+        "/GitLab/Users/Auth/JWT/Callback",
+        "/gitlab/users/auth/jwt/callback.json",
+        "/x/y/../../gitlab/users/auth/jwt/callback",
+    ] {
+        let t = hs256(&claims("prefix@x"));
+        let got = get(&gate.url(&format!("{p}?jwt={t}"))).await;
+        assert_eq!(
+            (got.status.as_u16(), got.reason()),
+            (400, Some("callback_path_mismatch")),
+            "{p}"
+        );
+    }
+    // with the root configured, the bare callback is the foreign one
+    let (up2, gate2) =
+        hs_gate("[gate]\ncallback_path = \"/gitlab/users/auth/jwt/callback\"\n").await;
+    let t = hs256(&claims("root@x"));
+    let got = get(&gate2.url(&format!("/users/auth/jwt/callback?jwt={t}"))).await;
+    assert_eq!(got.reason(), Some("callback_path_mismatch"));
+    let got = get(&gate2.url(&format!("/gitlab/users/auth/jwt/callback?jwt={t}"))).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    // nothing but the one verified callback reached either upstream
+    assert_eq!(up.seen().len(), 0);
+    let seen = up2.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0]
+        .target
+        .starts_with("/gitlab/users/auth/jwt/callback?jwt="));
+}
+
+#[tokio::test]
 async fn rejection_pages_echo_nothing_and_are_not_cached() {
     let (up, gate) = hs_gate("").await;
     let token = hs256(&json!({"name": "Secret Name", "email": "secret@x", "iat": now() - 1000}));
@@ -569,6 +606,8 @@ async fn rejection_pages_echo_nothing_and_are_not_cached() {
     let page = got.text();
     assert!(page.contains("iat_too_old"));
     assert!(page.contains("href=\"/users/sign_in\""));
+    // the link back must not carry the refused callback's URL (and its token) in Referer
+    assert_eq!(got.headers["referrer-policy"], "no-referrer");
     for secret in [
         token.as_str(),
         token.split('.').nth(2).unwrap(),
