@@ -133,6 +133,41 @@ static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 static XRI: HeaderName = HeaderName::from_static("x-real-ip");
 
+/// Whether `name` (lower case, as hyper keeps it) claims the client's address, scheme, host
+/// or port, in any spelling Rack, Puma or Rails may read: `_` for `-` (Puma before 6.4.3
+/// and Rack's env mapping), `X-Forwarded-Scheme`/`-Ssl` (read by Rack 2.2 before
+/// `-Proto`), `X-Original-*`, `Forwarded`, and the client-IP headers of CDNs.
+fn claims_client_address(name: &str) -> bool {
+    const EXACT: [&[u8]; 6] = [
+        b"forwarded",
+        b"x-real-ip",
+        b"client-ip",
+        b"true-client-ip",
+        b"x-client-ip",
+        b"x-cluster-client-ip",
+    ];
+    const PREFIXES: [&[u8]; 2] = [b"x-forwarded-", b"x-original-"];
+    let n = name.as_bytes();
+    let eq_folded = |pat: &[u8], s: &[u8]| s.iter().zip(pat).all(|(&a, &b)| fold(a) == b);
+    EXACT.iter().any(|p| n.len() == p.len() && eq_folded(p, n))
+        || PREFIXES
+            .iter()
+            .any(|p| n.len() > p.len() && eq_folded(p, &n[..p.len()]))
+}
+
+/// From an untrusted peer, every header that claims the client's address is removed before
+/// the gate sets what it knows.
+fn strip_client_address_claims(headers: &mut HeaderMap) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| claims_client_address(k.as_str()))
+        .cloned()
+        .collect();
+    for k in doomed {
+        headers.remove(k);
+    }
+}
+
 /// Set X-Forwarded-For/-Proto/-Host and X-Real-IP from the accepted connection. From an
 /// untrusted peer, what the client sent is replaced (and `Forwarded` dropped); from a
 /// trusted proxy, the peer is appended to X-Forwarded-For and the client's -Proto/-Host kept.
@@ -181,7 +216,7 @@ pub fn set_forwarded(
             }
         }
     } else {
-        headers.remove(header::FORWARDED);
+        strip_client_address_claims(headers);
         // an IP address always makes a valid header value
         if let Ok(v) = HeaderValue::from_str(&peer_text) {
             headers.insert(&XFF, v.clone());
@@ -241,6 +276,32 @@ mod tests {
                 !id.matches(&HeaderName::from_bytes(n.as_bytes()).unwrap()),
                 "{n}"
             );
+        }
+    }
+
+    #[test]
+    fn every_spelling_of_a_client_address_claim_is_recognised() {
+        for n in [
+            "x-forwarded-for",
+            "x-forwarded_for",
+            "x_forwarded_scheme",
+            "x-forwarded-ssl",
+            "x-forwarded-port",
+            "x_real_ip",
+            "client-ip",
+            "true-client-ip",
+            "x-original-url",
+            "forwarded",
+        ] {
+            assert!(claims_client_address(n), "{n}");
+        }
+        for n in [
+            "x-forwarded",
+            "forwarded-by-me",
+            "x-request-id",
+            "authorization",
+        ] {
+            assert!(!claims_client_address(n), "{n}");
         }
     }
 

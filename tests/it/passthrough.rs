@@ -91,6 +91,48 @@ async fn x_forwarded_headers_are_replaced_from_the_connection() {
 }
 
 #[tokio::test]
+async fn every_spelling_of_a_client_address_claim_is_stripped_from_untrusted_peers() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(&base(&up)).await;
+    // what Rack (X-Forwarded-Scheme/-Ssl before -Proto), Puma < 6.4.3 (underscores) and
+    // CDNs read as the client's address, scheme or port
+    let spoofed = [
+        "X-Forwarded_For",
+        "X_Forwarded_For",
+        "X_Real_IP",
+        "Client-IP",
+        "True-Client-IP",
+        "X-Forwarded-Scheme",
+        "X-Forwarded-Ssl",
+        "X-Forwarded-Port",
+        "X_Forwarded_Proto",
+        "X-Original-URL",
+        "X-Original-Forwarded-For",
+    ];
+    let mut req = "GET /spoof HTTP/1.1\r\nHost: gitlab.example\r\nX-Keep: 1\r\n".to_string();
+    for name in spoofed {
+        req.push_str(&format!("{name}: 6.6.6.6\r\n"));
+    }
+    req.push_str("Connection: close\r\n\r\n");
+    raw(gate.addr, req.as_bytes(), Duration::from_secs(2)).await;
+    let seen = up.seen();
+    let h = &seen[0].headers;
+    for name in spoofed {
+        assert!(
+            h.get(name).is_none(),
+            "{name} reached the upstream: {:?}",
+            h.get(name)
+        );
+    }
+    assert!(
+        h.iter().all(|(_, v)| v != "6.6.6.6"),
+        "a spoofed address reached the upstream: {h:?}"
+    );
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-keep"], "1", "unrelated headers pass");
+}
+
+#[tokio::test]
 async fn behind_a_trusted_proxy_the_chain_is_appended() {
     let up = Upstream::start().await;
     let cfg = base(&up).replace(
