@@ -124,7 +124,9 @@ impl Verifier {
             user_header: cfg.gate.user_header.clone(),
             info_headers: cfg.gate.info_headers.clone(),
             valid_within: cfg.provider.valid_within as i64,
-            max_future_skew: cfg.gate.max_future_skew as i64,
+            // GitLab refuses |now - iat| > valid_within: a future iat is bounded by the
+            // window too, whatever max_future_skew allows
+            max_future_skew: cfg.gate.max_future_skew.min(cfg.provider.valid_within) as i64,
             require_jti: cfg.gate.require_jti,
             not_issued_before,
         }
@@ -158,7 +160,7 @@ impl Verifier {
         let claims = parse_claims(seg.payload(), header_dup)?;
         audit.iss = claims.get("iss").map(short_text);
         trace.pass(Step::Payload);
-        let exp = check_exp_nbf(&claims, now)?;
+        check_exp_nbf(&claims, now)?;
         trace.pass(Step::ExpNbf);
         self.check_required(&claims)?;
         trace.pass(Step::RequiredClaims);
@@ -177,17 +179,16 @@ impl Verifier {
             uid,
             identity,
             replay_key,
-            expires_at: self.last_accepted_instant(iat, exp),
+            expires_at: self.first_second_refused(iat),
         })
     }
 
-    /// Until when a replay of this token could still pass the time checks: the store must
-    /// hold its key at least that long.
-    fn last_accepted_instant(&self, iat: i64, exp: Option<i64>) -> i64 {
-        let window_end = iat
-            .saturating_add(self.valid_within)
-            .saturating_add(self.max_future_skew);
-        exp.map_or(window_end, |e| e.max(window_end))
+    /// The first whole second at which this token can no longer pass: the store must hold
+    /// its key until then. The iat check accepts up to and including `iat + valid_within`
+    /// (a whole second that lasts until `iat + valid_within + 1` on the wall clock), and
+    /// no exp can extend that; an earlier exp only shortens it.
+    fn first_second_refused(&self, iat: i64) -> i64 {
+        iat.saturating_add(self.valid_within).saturating_add(1)
     }
 
     /// The header: a JSON object whose alg is exactly the configured one. A repeated key
@@ -380,7 +381,7 @@ fn parse_claims(payload: &[u8], header_dup: bool) -> Result<Members<'_>, Reason>
 }
 
 /// exp / nbf (ruby-jwt: `exp.to_i <= now` expires; `nbf.to_i > now` is not yet valid).
-fn check_exp_nbf(claims: &Members, now: i64) -> Result<Option<i64>, Reason> {
+fn check_exp_nbf(claims: &Members, now: i64) -> Result<(), Reason> {
     let exp = match claims.get("exp") {
         None => None,
         Some(v) => Some(whole_seconds(v).ok_or(Reason::ExpInvalid)?),
@@ -394,7 +395,7 @@ fn check_exp_nbf(claims: &Members, now: i64) -> Result<Option<i64>, Reason> {
             return Err(Reason::NotYetValid);
         }
     }
-    Ok(exp)
+    Ok(())
 }
 
 /// Issuer + jti when there is a jti (a re-signed token with the same jti is the same
@@ -540,9 +541,9 @@ mod tests {
                 "x-auth-request-email"
             ]
         );
-        // iat + valid_within + max_future_skew
-        assert_eq!(ok.expires_at, NOW + 300 + 60);
-        // a later exp extends it; an earlier one does not shorten it
+        // the key is held through the last second the iat window accepts
+        assert_eq!(ok.expires_at, NOW + 300 + 1);
+        // exp cannot extend acceptance past the iat window, and the key is kept whole
         let t = sign(
             H,
             &format!(
@@ -550,7 +551,7 @@ mod tests {
                 NOW + 5000
             ),
         );
-        assert_eq!(check(&v, &t).unwrap().expires_at, NOW + 5000);
+        assert_eq!(check(&v, &t).unwrap().expires_at, NOW + 301);
         let t = sign(
             H,
             &format!(
@@ -558,7 +559,7 @@ mod tests {
                 NOW + 10
             ),
         );
-        assert_eq!(check(&v, &t).unwrap().expires_at, NOW + 360);
+        assert_eq!(check(&v, &t).unwrap().expires_at, NOW + 301);
     }
 
     #[test]
@@ -600,6 +601,13 @@ mod tests {
         assert_eq!(check(&v, &at(NOW - 301)).unwrap_err(), Reason::IatTooOld);
         assert!(check(&v, &at(NOW + 60)).is_ok());
         assert_eq!(check(&v, &at(NOW + 61)).unwrap_err(), Reason::IatInFuture);
+        // a window narrower than the skew bounds the future too (GitLab's check is symmetric)
+        let narrow = verifier("valid_within = 30\n");
+        assert!(check(&narrow, &at(NOW + 30)).is_ok());
+        assert_eq!(
+            check(&narrow, &at(NOW + 31)).unwrap_err(),
+            Reason::IatInFuture
+        );
         assert_eq!(check(&v, &at(NOW - 1001)).unwrap_err(), Reason::IatTooOld);
         let v = verifier("valid_within = 5000\n");
         assert_eq!(

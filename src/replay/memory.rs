@@ -27,12 +27,18 @@ impl MemoryStore {
         })
     }
 
-    /// Sweep expired entries every `every` until the store is dropped.
+    /// Sweep expired entries every `every` until the store is dropped. The sweep walks
+    /// every entry (up to `max_entries`): it runs on the blocking pool, never on a thread
+    /// that serves requests.
     pub fn spawn_sweeper(self: &Arc<Self>, every: Duration) {
-        crate::clock::spawn_periodic(Arc::downgrade(self), every, |store: Arc<MemoryStore>| {
-            store.sweep(crate::clock::unix_now());
-            std::future::ready(())
-        });
+        crate::clock::spawn_periodic(
+            Arc::downgrade(self),
+            every,
+            |store: Arc<MemoryStore>| async move {
+                let _ = tokio::task::spawn_blocking(move || store.sweep(crate::clock::unix_now()))
+                    .await;
+            },
+        );
     }
 
     /// Drop every entry that expired at or before `now`; returns how many.

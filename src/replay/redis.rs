@@ -184,6 +184,14 @@ impl RedisStore {
     }
 }
 
+/// The `PX` for a key whose token can no longer pass from the whole second `expires_at`,
+/// set during the whole second `now`: whole seconds, so that a key set late in `now` still
+/// lives past the start of `expires_at` (at least a second, so a token at the very edge of
+/// its window is still recorded).
+pub fn ttl_ms(expires_at: i64, now: i64) -> i64 {
+    expires_at.saturating_sub(now).max(1).saturating_mul(1000)
+}
+
 impl ReplayStore for RedisStore {
     fn check_and_record<'a>(
         &'a self,
@@ -191,9 +199,7 @@ impl ReplayStore for RedisStore {
         expires_at: i64,
         now: i64,
     ) -> StoreFuture<'a> {
-        // at least a second, so a token at the very edge of its window is still recorded
-        let ttl_ms = expires_at.saturating_sub(now).max(1).saturating_mul(1000);
-        Box::pin(self.set_nx(key, ttl_ms))
+        Box::pin(self.set_nx(key, ttl_ms(expires_at, now)))
     }
     fn entries(&self) -> Option<usize> {
         None
