@@ -15,6 +15,9 @@ pub const DEFAULT_MAX_HEADERS: u64 = 100;
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
 pub const DEFAULT_MAX_URI_BYTES: u64 = 16 * 1024;
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// nginx's keepalive_timeout is 75 s; a minute keeps git's connection reuse and frees idle
+/// sockets well before a flood of them matters.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
@@ -29,6 +32,13 @@ pub struct ListenConfig {
     pub max_header_bytes: usize,
     pub max_uri_bytes: usize,
     pub drain_timeout: Duration,
+    /// How long a connection may stay open with no request in flight after its first
+    /// request (HTTP/1 keep-alive, HTTP/2 with no open stream). Before the first request,
+    /// `header_read_timeout` applies, from the accept (protocol detection included).
+    pub idle_timeout: Duration,
+    /// The most client connections open at once; `None`: derived from the descriptor limit
+    /// and memory at start (`server::budget::default_max_connections`).
+    pub max_connections: Option<usize>,
     /// TLS termination; `None` serves plain HTTP.
     pub tls: Option<ListenTls>,
     /// An optional plain-HTTP listener that only redirects to https (308).
@@ -100,6 +110,15 @@ pub(crate) fn read(t: &Table, base: &Path, errs: &mut Vec<String>) -> ListenConf
     }
     let max_uri_bytes = s.positive("max_uri_bytes", DEFAULT_MAX_URI_BYTES, 1024 * 1024) as usize;
     let drain_timeout = s.secs("drain_timeout", DEFAULT_DRAIN_TIMEOUT);
+    let idle_timeout = s.secs("idle_timeout", DEFAULT_IDLE_TIMEOUT);
+    let max_connections = s.opt::<i64>("max_connections").and_then(|n| {
+        if (1..=1_000_000).contains(&n) {
+            Some(n as usize)
+        } else {
+            s.err("max_connections", "must be between 1 and 1000000");
+            None
+        }
+    });
     let redirect: Option<String> = s.opt("http_redirect_addr");
     let http_redirect_addr = match redirect.as_deref() {
         None | Some("") => None,
@@ -129,6 +148,8 @@ pub(crate) fn read(t: &Table, base: &Path, errs: &mut Vec<String>) -> ListenConf
         max_header_bytes,
         max_uri_bytes,
         drain_timeout,
+        idle_timeout,
+        max_connections,
     }
 }
 

@@ -2,6 +2,7 @@
 //! plain-HTTP redirect listener, and graceful drain. [`start`] is the one entry point, for
 //! `main` and for the tests alike. The request path itself is `pipeline`.
 
+pub mod budget;
 mod pipeline;
 mod redirect;
 
@@ -20,6 +21,8 @@ use tokio::sync::watch;
 
 use crate::app::App;
 use crate::config::Config;
+use crate::telemetry::metrics::METRICS;
+use budget::{Budget, Tracked};
 
 /// A gate that is serving: the addresses it is bound to (port 0 in the config becomes the
 /// real port here) and the app, for SIGHUP reloads.
@@ -128,6 +131,39 @@ where
     })
 }
 
+/// Accept errors (EMFILE, ENFILE, ENOBUFS…): an exponential back-off from 10 ms to 1 s, and
+/// one log line per episode plus one a minute while it lasts, not one per failure.
+#[derive(Default)]
+struct AcceptErrors {
+    streak: u32,
+    last_log: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+impl AcceptErrors {
+    fn failed(&mut self, e: &std::io::Error) -> Duration {
+        self.streak = self.streak.saturating_add(1);
+        let due = self
+            .last_log
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+        if due {
+            tracing::warn!(error = %e, suppressed = self.suppressed, "accept failed; backing off");
+            self.last_log = Some(std::time::Instant::now());
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+        }
+        Duration::from_millis(10u64 << self.streak.min(7)).min(Duration::from_secs(1))
+    }
+
+    fn recovered(&mut self) {
+        if self.streak > 0 {
+            tracing::info!(failures = self.streak, "accepting again");
+            *self = AcceptErrors::default();
+        }
+    }
+}
+
 /// Serve the public listener until `shutdown` resolves, then drain: stop accepting, let
 /// in-flight requests finish within `listen.drain_timeout`, and return.
 async fn serve_public<F>(listener: TcpListener, app: Arc<App>, shutdown: F)
@@ -159,67 +195,110 @@ where
     let graceful = GracefulShutdown::new();
     let tls = app.tls.clone();
     let handshake_timeout = config.listen.header_read_timeout;
+    let (first_request, idle) = (
+        config.listen.header_read_timeout,
+        config.listen.idle_timeout,
+    );
+    let max = config
+        .listen
+        .max_connections
+        .unwrap_or_else(budget::default_max_connections);
+    tracing::info!(
+        max_connections = max,
+        idle_timeout_s = idle.as_secs_f64(),
+        "connection budget"
+    );
+    let budget = Budget::new(max);
+    let mut accept_errors = AcceptErrors::default();
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(s) => s,
-                    Err(e) => {
-                        // EMFILE and friends: back off briefly instead of spinning
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let open = crate::telemetry::metrics::METRICS.connection();
-                let app = app.clone();
-                let svc = service_fn(move |req| {
-                    let app = app.clone();
-                    async move { Ok::<_, Infallible>(pipeline::handle(&app, req, peer).await) }
-                });
-                match &tls {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = &mut shutdown => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(s) => {
+                accept_errors.recovered();
+                s
+            }
+            Err(e) => {
+                // EMFILE and friends: free idle descriptors, back off, log now and then
+                budget.evict_idle(64);
+                tokio::time::sleep(accept_errors.failed(&e)).await;
+                continue;
+            }
+        };
+        let Some(admitted) = budget.admit() else {
+            // at the cap with every connection busy: refuse this one, keep the others
+            METRICS.connection_refused();
+            tracing::debug!(target: "jwt_gate::conn", client = %peer, "connection cap reached; refused");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let open = METRICS.connection();
+        let state = admitted.state.clone();
+        let app = app.clone();
+        let svc = service_fn(move |req| {
+            let app = app.clone();
+            let in_flight = state.begin();
+            async move {
+                let resp = pipeline::handle(&app, req, peer).await;
+                Ok::<_, Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
+            }
+        });
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls
+            .as_ref()
+            .map(|t| tokio_rustls::TlsAcceptor::from(t.config()));
+        tokio::spawn(async move {
+            let _open = open;
+            let state = admitted.state.clone();
+            let serve = async {
+                match tls {
                     None => {
-                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                        let conn = graceful.watch(conn.into_owned());
-                        tokio::spawn(async move {
-                            let _open = open;
-                            if let Err(e) = conn.await {
-                                tracing::debug!(target: "jwt_gate::conn", error = %e, client = %peer, "connection ended with an error");
-                            }
-                        });
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                        watcher.watch(conn.into_owned()).await
                     }
-                    Some(tls) => {
-                        // the handshake runs in the connection's own task, bounded in time;
-                        // each new handshake takes the current (possibly reloaded) config
-                        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
-                        let builder = builder.clone();
-                        let watcher = graceful.watcher();
-                        let deadline = handshake_timeout;
-                        tokio::spawn(async move {
-                            let _open = open;
-                            let stream = match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
-                                Ok(Ok(s)) => s,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(target: "jwt_gate::tls", error = %e, client = %peer, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(target: "jwt_gate::tls", client = %peer, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                                tracing::debug!(target: "jwt_gate::conn", error = %e, client = %peer, "connection ended with an error");
+                    Some(acceptor) => {
+                        // each new handshake takes the current (possibly reloaded) config;
+                        // the idle timer below bounds the handshake too
+                        let stream = match tokio::time::timeout(
+                            handshake_timeout,
+                            acceptor.accept(stream),
+                        )
+                        .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(target: "jwt_gate::tls", error = %e, client = %peer, "TLS handshake failed");
+                                return Ok(());
                             }
-                        });
+                            Err(_) => {
+                                tracing::debug!(target: "jwt_gate::tls", client = %peer, "TLS handshake timed out");
+                                return Ok(());
+                            }
+                        };
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                        watcher.watch(conn.into_owned()).await
                     }
                 }
+            };
+            tokio::select! {
+                r = serve => {
+                    if let Err(e) = r {
+                        tracing::debug!(target: "jwt_gate::conn", error = %e, client = %peer, "connection ended with an error");
+                    }
+                }
+                _ = budget::close_when_idle(&state, first_request, idle) => {
+                    METRICS.connection_idle_closed();
+                    tracing::debug!(target: "jwt_gate::conn", client = %peer, "idle connection closed");
+                }
             }
-            _ = &mut shutdown => break,
-        }
+            drop(admitted);
+        });
     }
     drop(listener);
     tracing::info!(

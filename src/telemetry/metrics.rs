@@ -82,6 +82,8 @@ pub struct Metrics {
     pub upstream_latency: Histogram,
     open_connections: AtomicI64,
     connections: AtomicU64,
+    connections_refused: AtomicU64,
+    connections_idle_closed: AtomicU64,
     logins: [AtomicU64; MAX_REASONS],
     pub login_latency: Histogram,
     store_errors_full: AtomicU64,
@@ -96,6 +98,8 @@ pub static METRICS: Metrics = Metrics {
     upstream_latency: Histogram::new(),
     open_connections: AtomicI64::new(0),
     connections: AtomicU64::new(0),
+    connections_refused: AtomicU64::new(0),
+    connections_idle_closed: AtomicU64::new(0),
     logins: [const { AtomicU64::new(0) }; MAX_REASONS],
     login_latency: Histogram::new(),
     store_errors_full: AtomicU64::new(0),
@@ -140,6 +144,16 @@ impl Metrics {
         self.connections.fetch_add(1, Relaxed);
         self.open_connections.fetch_add(1, Relaxed);
         ConnectionGuard(self)
+    }
+
+    /// A connection refused at the cap (every open one busy).
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Relaxed);
+    }
+
+    /// A connection closed for idling (or to make room at the cap).
+    pub fn connection_idle_closed(&self) {
+        self.connections_idle_closed.fetch_add(1, Relaxed);
     }
 
     /// A login decision: `slot` is the reason's index in [`Sources::reasons`] (0: forwarded).
@@ -263,6 +277,18 @@ impl Collector for GateCollector {
             "connections",
             "Client connections accepted.",
             m.connections.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "connections_refused",
+            "Client connections refused at max_connections with every open one busy.",
+            m.connections_refused.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "connections_idle_closed",
+            "Client connections closed with no request in flight: idle too long, or to make room at max_connections.",
+            m.connections_idle_closed.load(Relaxed),
         )?;
 
         // logins
