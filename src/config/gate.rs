@@ -14,6 +14,11 @@ pub const DEFAULT_IDENTITY_HEADER_PREFIX: &str = "X-Auth-Request-";
 pub const DEFAULT_MAX_CALLBACK_BODY: u64 = 16 * 1024;
 pub const DEFAULT_CALLBACK_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
+/// Refused callbacks a client may have before it must wait: a person who mistypes or
+/// double-clicks never comes near it; a forgery flood meets it within a second.
+pub const DEFAULT_THROTTLE_BURST: u64 = 30;
+/// Points a client earns back per second.
+pub const DEFAULT_THROTTLE_PER_SECOND: f64 = 1.0;
 
 #[derive(Debug, Clone)]
 pub struct GateConfig {
@@ -33,6 +38,10 @@ pub struct GateConfig {
     pub callback_body_timeout: Duration,
     /// How often `provider.secret_file` is re-read (it also reloads on SIGHUP).
     pub key_reload_interval: Duration,
+    /// Per-client budget of refused callbacks (points; a forged signature costs what
+    /// verifying it cost), and the points earned back per second.
+    pub throttle_burst: u64,
+    pub throttle_per_second: f64,
 }
 
 /// The [gate] section before the provider is known (header names depend on info_map).
@@ -46,6 +55,8 @@ pub(crate) struct GateRaw {
     max_callback_body: usize,
     callback_body_timeout: Duration,
     key_reload_interval: Duration,
+    throttle_burst: u64,
+    throttle_per_second: f64,
 }
 
 pub(crate) fn read(t: &Table, errs: &mut Vec<String>) -> GateRaw {
@@ -84,6 +95,11 @@ pub(crate) fn read(t: &Table, errs: &mut Vec<String>) -> GateRaw {
         s.positive("max_callback_body", DEFAULT_MAX_CALLBACK_BODY, 1024 * 1024) as usize;
     let callback_body_timeout = s.secs("callback_body_timeout", DEFAULT_CALLBACK_BODY_TIMEOUT);
     let key_reload_interval = s.secs("key_reload_interval", DEFAULT_KEY_RELOAD_INTERVAL);
+    let throttle_burst = s.positive("throttle_burst", DEFAULT_THROTTLE_BURST, 1_000_000);
+    let throttle_per_second: f64 = s.get("throttle_per_second", DEFAULT_THROTTLE_PER_SECOND);
+    if !(throttle_per_second.is_finite() && throttle_per_second > 0.0) {
+        s.err("throttle_per_second", "must be a positive number");
+    }
     s.finish();
     GateRaw {
         key_reload_interval,
@@ -95,6 +111,12 @@ pub(crate) fn read(t: &Table, errs: &mut Vec<String>) -> GateRaw {
         identity_header_prefix,
         max_callback_body,
         callback_body_timeout,
+        throttle_burst,
+        throttle_per_second: if throttle_per_second > 0.0 {
+            throttle_per_second
+        } else {
+            DEFAULT_THROTTLE_PER_SECOND
+        },
     }
 }
 
@@ -142,6 +164,8 @@ pub(crate) fn finish(g: GateRaw, p: &ProviderConfig, errs: &mut Vec<String>) -> 
         max_callback_body: g.max_callback_body,
         callback_body_timeout: g.callback_body_timeout,
         key_reload_interval: g.key_reload_interval,
+        throttle_burst: g.throttle_burst,
+        throttle_per_second: g.throttle_per_second,
     }
 }
 

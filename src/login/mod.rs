@@ -9,9 +9,10 @@ pub mod keys;
 pub mod params;
 pub mod reason;
 pub mod route;
+pub mod throttle;
 pub mod verify;
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,24 @@ use crate::replay::{Recorded, ReplayStore, StoreError};
 use crate::telemetry::metrics::METRICS;
 use params::{extract_token, ParamError, Part};
 pub use reason::Reason;
+use throttle::Throttle;
 use verify::{AuditInfo, Verifier};
+
+/// A refused callback: why, and for a throttled client how long to wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: Reason,
+    pub retry_after: Option<Duration>,
+}
+
+impl From<Reason> for Refusal {
+    fn from(reason: Reason) -> Refusal {
+        Refusal {
+            reason,
+            retry_after: None,
+        }
+    }
+}
 
 /// A callback that may go to GitLab: the identity headers to set (uid first) and the
 /// callback body the gate has read, if it was a POST.
@@ -40,6 +58,7 @@ pub struct Admitted {
 pub struct LoginGate {
     verifier: RwLock<Arc<Verifier>>,
     store: Arc<dyn ReplayStore>,
+    throttle: Throttle,
     max_body: usize,
     body_timeout: Duration,
 }
@@ -55,6 +74,7 @@ impl LoginGate {
         LoginGate {
             verifier: RwLock::new(Arc::new(Verifier::new(cfg, key, not_issued_before))),
             store,
+            throttle: Throttle::new(cfg.gate.throttle_burst as f64, cfg.gate.throttle_per_second),
             max_body: cfg.gate.max_callback_body,
             body_timeout: cfg.gate.callback_body_timeout,
         }
@@ -74,21 +94,43 @@ impl LoginGate {
         }
     }
 
-    /// Decide on a callback as the client sent it; counts the decision and writes the
-    /// audit line.
+    /// Decide on a callback as the client sent it; `client` is its address as the trusted
+    /// proxies tell it. Counts the decision and writes the audit line.
     pub async fn decide(
         &self,
         parts: &request::Parts,
         body: Incoming,
-        peer: SocketAddr,
-    ) -> Result<Admitted, Reason> {
+        client: IpAddr,
+    ) -> Result<Admitted, Refusal> {
         let t0 = Instant::now();
         let mut audit = AuditInfo::default();
         let verifier = self.verifier();
-        let result = self.decide_inner(parts, body, &verifier, &mut audit).await;
+        // a client out of budget is answered before anything is read or verified
+        let result = match self.throttle.check(client) {
+            Err(wait) => Err(Refusal {
+                reason: Reason::Throttled,
+                retry_after: Some(wait),
+            }),
+            Ok(()) => {
+                let r = self.decide_inner(parts, body, &verifier, &mut audit).await;
+                if let Err(reason) = r {
+                    if reason.charges_client() {
+                        let bad_sig = reason == Reason::BadSignature;
+                        self.throttle
+                            .charge(client, throttle::cost(bad_sig, verifier.alg));
+                    }
+                }
+                r.map_err(Refusal::from)
+            }
+        };
         let (outcome, reason, status, slot) = match &result {
             Ok(_) => ("forwarded", "ok", 0, 0),
-            Err(r) => ("rejected", r.code(), r.status().as_u16(), r.slot()),
+            Err(r) => (
+                "rejected",
+                r.reason.code(),
+                r.reason.status().as_u16(),
+                r.reason.slot(),
+            ),
         };
         METRICS.login(slot, t0.elapsed());
         tracing::info!(
@@ -101,7 +143,7 @@ impl LoginGate {
             iss = audit.iss.as_deref().unwrap_or("-"),
             uid_hash = audit.uid_hash.as_deref().unwrap_or("-"),
             jti_hash = audit.jti_hash.as_deref().unwrap_or("-"),
-            client = %peer,
+            client = %client,
             latency_us = t0.elapsed().as_micros() as u64,
             "login decision"
         );

@@ -78,6 +78,8 @@ reasons! {
     UidInvalid => "uid_invalid", UNAUTHORIZED, "the uid claim is not a non-empty string";
     ClaimInvalid => "claim_invalid", UNAUTHORIZED, "an identity claim is not a string, number or boolean";
     ControlCharacters => "claim_control_characters", UNAUTHORIZED, "an identity claim contains control characters";
+    // the client's budget of refused callbacks is spent (decided before anything is read)
+    Throttled => "too_many_refused_logins", TOO_MANY_REQUESTS, "Too many refused sign-in attempts from this address. Wait a moment and sign in again.";
     // single use
     Replayed => "replayed", UNAUTHORIZED, "This sign-in link has already been used. Sign in again.";
     StoreFull => "replay_store_full", SERVICE_UNAVAILABLE, "Sign-in is temporarily unavailable. Try again in a moment.";
@@ -85,6 +87,15 @@ reasons! {
 }
 
 impl Reason {
+    /// Whether this refusal is charged to the client's budget: everything the client sent
+    /// wrong, not the gate's own trouble (the store) nor the throttle itself.
+    pub fn charges_client(self) -> bool {
+        !matches!(
+            self,
+            Reason::StoreFull | Reason::StoreUnavailable | Reason::Throttled
+        )
+    }
+
     /// The slot of this reason in [`Reason::LABELS`] (0 is "ok").
     pub fn slot(self) -> usize {
         self as usize + 1

@@ -168,6 +168,32 @@ fn strip_client_address_claims(headers: &mut HeaderMap) {
     }
 }
 
+/// The client's address: the peer, or behind trusted proxies the right-most address of
+/// X-Forwarded-For that is not one of them (RFC 7239 §7.4: only the trusted part of the
+/// chain is believed).
+pub fn real_client(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let hops = headers
+        .get_all(&XFF)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim);
+    let mut client = peer;
+    for hop in hops.collect::<Vec<_>>().into_iter().rev() {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) if is_trusted(&ip) => client = ip,
+            Ok(ip) => return ip,
+            // an unparseable hop ends what can be believed
+            Err(_) => return client,
+        }
+    }
+    client
+}
+
 /// Set X-Forwarded-For/-Proto/-Host and X-Real-IP from the accepted connection. From an
 /// untrusted peer, what the client sent is replaced (and `Forwarded` dropped); from a
 /// trusted proxy, the peer is appended to X-Forwarded-For and the client's -Proto/-Host kept.
@@ -181,6 +207,7 @@ pub fn set_forwarded(
     let peer_trusted = trusted.iter().any(|n| n.contains(&peer));
     let peer_text = peer.to_string();
     if peer_trusted {
+        let real = real_client(headers, peer, trusted).to_string();
         let mut chain: Vec<String> = headers
             .get_all(&XFF)
             .iter()
@@ -189,18 +216,7 @@ pub fn set_forwarded(
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty())
             .collect();
-        chain.push(peer_text.clone());
-        // the client is the right-most address that is not one of our trusted proxies
-        let real = chain
-            .iter()
-            .rev()
-            .find(|a| {
-                a.parse::<IpAddr>()
-                    .map(|ip| !trusted.iter().any(|n| n.contains(&ip)))
-                    .unwrap_or(true)
-            })
-            .cloned()
-            .unwrap_or_else(|| peer_text.clone());
+        chain.push(peer_text);
         if let Ok(v) = HeaderValue::from_str(&chain.join(", ")) {
             headers.insert(&XFF, v);
         }

@@ -13,9 +13,9 @@ use hyper::body::Incoming;
 
 use crate::app::App;
 use crate::login::route::{classify, Route};
-use crate::login::Reason;
+use crate::login::Refusal as LoginRefusal;
 use crate::proxy::body::{AccessLog, BodyStats, Logged, ReqBody, RespBody};
-use crate::proxy::headers::wants_upgrade;
+use crate::proxy::headers::{real_client, wants_upgrade};
 use crate::proxy::pages::page;
 
 /// A refusal of the gate's own, before or after the login phase.
@@ -78,12 +78,13 @@ async fn phases(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> Resp
 
     // login
     let (body, identity, stats) = if route == Route::Callback {
-        match app.gate.decide(&parts, body, peer).await {
+        let client = real_client(&parts.headers, peer.ip(), &cfg.listen.trusted_proxies);
+        match app.gate.decide(&parts, body, client).await {
             Ok(admitted) => {
                 log.req_bytes_fixed = admitted.body.as_ref().map_or(0, |b| b.len() as u64);
                 (ReqBody::Full(admitted.body), admitted.identity, None)
             }
-            Err(reason) => return login_refused(app, reason, log, version),
+            Err(refusal) => return login_refused(app, refusal, log, version),
         }
     } else {
         let stats = Arc::new(BodyStats::default());
@@ -195,15 +196,22 @@ fn guard(req: &Request<Incoming>, max_uri_bytes: usize) -> Result<(), Refusal> {
 /// The login phase refused: its page, with a way back to sign in.
 fn login_refused(
     app: &App,
-    reason: Reason,
+    refusal: LoginRefusal,
     log: AccessLog,
     version: http::Version,
 ) -> Response<Logged> {
+    let reason = refusal.reason;
     let sign_in = Some(app.config.gate.sign_in_path.as_str());
     let mut resp = page(reason.status(), reason.code(), reason.describe(), sign_in);
     if let Some((name, value)) = reason.extra_header() {
         resp.headers_mut()
             .insert(name, HeaderValue::from_static(value));
+    }
+    if let Some(wait) = refusal.retry_after {
+        // RFC 9110 §10.2.3: whole seconds, rounded up so that a client that waits is let in
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
     }
     // a refused callback's body may be unread: never parse what follows it (a 401 has
     // read its body whole)

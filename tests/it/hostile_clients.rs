@@ -180,3 +180,67 @@ async fn at_the_cap_with_every_connection_busy_new_ones_are_refused_and_none_cut
         "{m}"
     );
 }
+
+/// A callback sent as if through the trusted proxy on behalf of `client`.
+async fn callback_from(gate: &Gate, from: &str, token: &str) -> Got {
+    send(
+        &client(),
+        http::Request::get(callback(gate, token))
+            .header("x-forwarded-for", from)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_forgery_flood_is_throttled_before_verification_and_real_users_pass() {
+    let up = Upstream::start().await;
+    let cfg = config_text(
+        up.addr,
+        &format!(
+            "{}[gate]\nthrottle_burst = 5\nthrottle_per_second = 0.05\n",
+            hs256_provider()
+        ),
+    )
+    .replace(
+        "[listen]\n",
+        "[listen]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+    )
+    .replace("[admin]\naddr = \"\"", "[admin]\naddr = \"127.0.0.1:0\"");
+    let gate = Gate::start(&cfg).await;
+    let attacker = "203.0.113.9";
+    // five forgeries spend the budget (a forged HS256 signature costs one point)...
+    for i in 0..5 {
+        let forged = hs256_with(&[b'x'; 40], &claims(&format!("forged{i}@x")));
+        let got = callback_from(&gate, attacker, &forged).await;
+        assert_eq!(got.reason(), Some("bad_signature"));
+    }
+    // ...then the attacker is answered 429 before anything is verified: even a valid
+    // token is not looked at, so it is not burned either
+    let valid = hs256(&claims("victim@x"));
+    let got = callback_from(&gate, attacker, &valid).await;
+    assert_eq!(
+        (got.status.as_u16(), got.reason()),
+        (429, Some("too_many_refused_logins"))
+    );
+    let wait: u64 = got.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=20).contains(&wait), "Retry-After {wait}");
+    assert_eq!(up.callbacks().len(), 0);
+    // a real user elsewhere signs in at once, with the very token the attacker held back
+    let got = callback_from(&gate, "198.51.100.7", &valid).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(up.callbacks().len(), 1);
+    // counted apart in the metrics
+    let m = get(&format!("http://{}/metrics", gate.admin.unwrap()))
+        .await
+        .text();
+    assert!(
+        m.contains(r#"jwt_gate_login_decisions_total{outcome="rejected",reason="too_many_refused_logins"} 1"#),
+        "{m}"
+    );
+}
