@@ -1,11 +1,18 @@
 //! The shared store for replicas: Redis (GitLab already runs one), one atomic round trip
-//! per login: `SET <prefix><key> 1 NX PX <ttl>`.
+//! per login: `SET <prefix><key> <attempt> NX PX <ttl>`.
 //!
-//! Fail closed: when Redis cannot answer within the response timeout, the login is refused
-//! (503) and nothing reaches GitLab; other traffic never touches Redis. The connection is
-//! made lazily and managed (it reconnects by itself), so the gate starts, and serves git
-//! traffic, while Redis is down. With Sentinel, an error drops the connection so that the
-//! next login asks the sentinels for the current master (failover).
+//! Fail closed: when Redis cannot answer within the deadline of a call (connect timeout
+//! plus response timeout), the login is refused (503) and nothing reaches GitLab; other
+//! traffic never touches Redis. The connection is made lazily and managed (it reconnects by
+//! itself), so the gate starts, and serves git traffic, while Redis is down. With Sentinel,
+//! an error drops the connection so that the next login asks the sentinels for the current
+//! master (failover).
+//!
+//! A connection that broke while Redis restarted is noticed only when used: the `SET` is
+//! then tried once more on the reconnected connection. Each attempt writes its own random
+//! value, so when the retry finds the key already there, reading it back tells whether the
+//! first attempt landed (its reply was lost: a first use) or another login holds it (a
+//! replay) — a retry never turns a first use into a false "replayed".
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -94,11 +101,19 @@ impl RedisStore {
         }))
     }
 
+    /// The managed connection, made on first use. The lock is never held across the
+    /// connect: during an outage, callers each try within their own deadline instead of
+    /// queueing behind one another.
     async fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        let mut slot = self.conn.lock().await;
-        if let Some(c) = slot.as_ref() {
+        if let Some(c) = self.conn.lock().await.as_ref() {
             return Ok(c.clone());
         }
+        let m = self.connect().await?;
+        let mut slot = self.conn.lock().await;
+        Ok(slot.get_or_insert(m).clone())
+    }
+
+    async fn connect(&self) -> Result<ConnectionManager, StoreError> {
         let unavailable = |e: String| StoreError::Unavailable(e);
         let client = match &self.target {
             Target::Direct(c) => c.clone(),
@@ -122,7 +137,6 @@ impl RedisStore {
         .await
         .map_err(|_| unavailable("connect timed out".into()))?
         .map_err(|e| unavailable(e.to_string()))?;
-        *slot = Some(m.clone());
         Ok(m)
     }
 
@@ -138,33 +152,72 @@ impl RedisStore {
         StoreError::Unavailable(why)
     }
 
-    async fn set_nx(&self, key: &[u8; 32], ttl_ms: i64) -> Result<Recorded, StoreError> {
-        let mut conn = self.connection().await.inspect_err(|_| {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-        })?;
+    fn key_name(&self, key: &[u8; 32]) -> String {
         let mut name = String::with_capacity(self.prefix.len() + 64);
         name.push_str(&self.prefix);
         for b in key {
             name.push_str(&format!("{b:02x}"));
         }
+        name
+    }
+
+    /// One `SET NX` with this attempt's value, within the response timeout.
+    async fn try_set(&self, name: &str, attempt: &str, ttl_ms: i64) -> Result<bool, String> {
+        let mut conn = self.connection().await.map_err(|e| e.to_string())?;
         let mut cmd = redis::cmd("SET");
-        cmd.arg(&name).arg(1).arg("NX").arg("PX").arg(ttl_ms);
+        cmd.arg(name).arg(attempt).arg("NX").arg("PX").arg(ttl_ms);
         match tokio::time::timeout(
             self.response_timeout,
             cmd.query_async::<Option<String>>(&mut conn),
         )
         .await
         {
-            Err(_) => {
+            Err(_) => Err("Redis did not answer in time".into()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok(set)) => Ok(set.is_some()),
+        }
+    }
+
+    /// Who holds `name` now: the value written by the attempt that recorded it.
+    async fn holder(&self, name: &str) -> Result<Option<String>, String> {
+        let mut conn = self.connection().await.map_err(|e| e.to_string())?;
+        match tokio::time::timeout(
+            self.response_timeout,
+            redis::cmd("GET")
+                .arg(name)
+                .query_async::<Option<String>>(&mut conn),
+        )
+        .await
+        {
+            Err(_) => Err("Redis did not answer in time".into()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+
+    async fn set_nx(&self, key: &[u8; 32], ttl_ms: i64) -> Result<Recorded, StoreError> {
+        let name = self.key_name(key);
+        let attempt = random_hex16();
+        let first = match self.try_set(&name, &attempt, ttl_ms).await {
+            Ok(true) => return Ok(Recorded::Fresh),
+            Ok(false) => return Ok(Recorded::Replayed),
+            Err(e) => e,
+        };
+        // once more, on a connection the manager (or, with Sentinel, a new master) remade
+        self.reset().await;
+        match self.try_set(&name, &attempt, ttl_ms).await {
+            Ok(true) => Ok(Recorded::Fresh),
+            Ok(false) => match self.holder(&name).await {
+                // the first attempt landed and only its reply was lost
+                Ok(Some(v)) if v == attempt => Ok(Recorded::Fresh),
+                Ok(_) => Ok(Recorded::Replayed),
+                Err(e) => Err(self.fail(e)),
+            },
+            Err(e) => {
                 self.reset().await;
-                Err(self.fail("Redis did not answer in time".into()))
+                tracing::debug!(target: "jwt_gate::replay", first = %first, "Redis retry failed");
+                Err(self.fail(e))
             }
-            Ok(Err(e)) => {
-                self.reset().await;
-                Err(self.fail(e.to_string()))
-            }
-            Ok(Ok(Some(_))) => Ok(Recorded::Fresh),
-            Ok(Ok(None)) => Ok(Recorded::Replayed),
         }
     }
 
@@ -184,6 +237,19 @@ impl RedisStore {
     }
 }
 
+/// One attempt's value: 16 random bytes in hex, after a per-process counter so that two
+/// attempts differ even if the RNG were to fail.
+fn random_hex16() -> String {
+    static ATTEMPTS: AtomicU64 = AtomicU64::new(0);
+    let mut b = [0u8; 16];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    let mut out = format!("{}-", ATTEMPTS.fetch_add(1, Ordering::Relaxed));
+    for x in b {
+        out.push_str(&format!("{x:02x}"));
+    }
+    out
+}
+
 /// The `PX` for a key whose token can no longer pass from the whole second `expires_at`,
 /// set during the whole second `now`: whole seconds, so that a key set late in `now` still
 /// lives past the start of `expires_at` (at least a second, so a token at the very edge of
@@ -199,7 +265,14 @@ impl ReplayStore for RedisStore {
         expires_at: i64,
         now: i64,
     ) -> StoreFuture<'a> {
-        Box::pin(self.set_nx(key, ttl_ms(expires_at, now)))
+        // one deadline for the whole call, retry included: during an outage every login
+        // gets its 503 within it
+        let deadline = self.connect_timeout + self.response_timeout * 2;
+        Box::pin(async move {
+            tokio::time::timeout(deadline, self.set_nx(key, ttl_ms(expires_at, now)))
+                .await
+                .unwrap_or_else(|_| Err(self.fail("Redis did not answer in time".into())))
+        })
     }
     fn entries(&self) -> Option<usize> {
         None
