@@ -63,19 +63,32 @@ enum Cmd {
         /// gitlab.yml or gitlab.rb
         path: PathBuf,
     },
-    /// Explain, check by check, whether a token would pass (token as argument or on stdin).
+    /// Explain, check by check, whether a token would pass. The token is read from stdin
+    /// (or --token-file): on the command line it would show in the process list and the
+    /// shell's history.
     Explain {
         #[arg(long, short)]
         config: PathBuf,
+        /// A file holding the token.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// The token itself (discouraged: visible to other users in the process list).
         token: Option<String>,
     },
 }
 
 fn init_logging(format: LogFormat, level: Option<&str>) {
-    let filter = level
+    let mut filter = level
         .map(str::to_string)
         .or_else(|| std::env::var("JWT_GATE_LOG").ok())
         .unwrap_or_else(|| "info".to_string());
+    // h2 and hyper log request targets (the callback's query: a token) at debug and trace;
+    // keep them at info unless the operator names them on purpose
+    for noisy in ["h2", "hyper"] {
+        if !filter.split(',').any(|d| d.trim_start().starts_with(noisy)) {
+            filter.push_str(&format!(",{noisy}=info"));
+        }
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // colours only on a terminal: escape codes in `kubectl logs` or a journal are noise
@@ -109,7 +122,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Explain { config, token } => explain_cmd(&config, token),
+        Cmd::Explain {
+            config,
+            token_file,
+            token,
+        } => explain_cmd(&config, token_file.as_deref(), token),
         Cmd::ImportGitlab { path } => match import::import(&path) {
             Ok(toml) => {
                 print!("{toml}");
@@ -256,7 +273,31 @@ fn check_cmd(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn explain_cmd(path: &std::path::Path, token: Option<String>) -> ExitCode {
+/// The token for `explain`: from the file, the argument (with a warning), or stdin.
+fn read_token(file: Option<&std::path::Path>, arg: Option<String>) -> Result<String, String> {
+    if let Some(f) = file {
+        return std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()));
+    }
+    match arg {
+        Some(t) if t != "-" => {
+            eprintln!("warning: a token on the command line shows in the process list and the shell history; pipe it in or use --token-file");
+            Ok(t)
+        }
+        _ => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .map_err(|e| format!("cannot read the token from stdin: {e}"))?;
+            Ok(s)
+        }
+    }
+}
+
+fn explain_cmd(
+    path: &std::path::Path,
+    token_file: Option<&std::path::Path>,
+    token: Option<String>,
+) -> ExitCode {
     let cfg = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -264,15 +305,11 @@ fn explain_cmd(path: &std::path::Path, token: Option<String>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let token = match token {
-        Some(t) if t != "-" => t,
-        _ => {
-            let mut s = String::new();
-            if let Err(e) = std::io::stdin().read_to_string(&mut s) {
-                eprintln!("cannot read the token from stdin: {e}");
-                return ExitCode::from(2);
-            }
-            s
+    let token = match read_token(token_file, token) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
         }
     };
     let (report, ok) = explain::explain(&cfg, &token, jwt_gate::clock::unix_now());

@@ -102,6 +102,25 @@ impl LoginGate {
         body: Incoming,
         client: IpAddr,
     ) -> Result<Admitted, Refusal> {
+        self.run(parts, body, client, "forwarded").await
+    }
+
+    /// A callback that crossed the network in clear (the plain-HTTP listener): its token is
+    /// verified and recorded as used, so that whoever saw it cannot use it, and the caller
+    /// refuses it anyway. A forgery burns nothing: it fails verification first.
+    pub async fn burn(&self, parts: &request::Parts, body: Incoming, client: IpAddr) {
+        let _ = self.run(parts, body, client, "burned").await;
+    }
+
+    /// `accepted_as`: what the audit line says of a token that passed ("forwarded" or
+    /// "burned").
+    async fn run(
+        &self,
+        parts: &request::Parts,
+        body: Incoming,
+        client: IpAddr,
+        accepted_as: &'static str,
+    ) -> Result<Admitted, Refusal> {
         let t0 = Instant::now();
         let mut audit = AuditInfo::default();
         let verifier = self.verifier();
@@ -124,7 +143,7 @@ impl LoginGate {
             }
         };
         let (outcome, reason, status, slot) = match &result {
-            Ok(_) => ("forwarded", "ok", 0, 0),
+            Ok(_) => (accepted_as, "ok", 0, 0),
             Err(r) => (
                 "rejected",
                 r.reason.code(),

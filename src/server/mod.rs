@@ -113,8 +113,7 @@ where
     if let Some((l, a)) = redirect {
         tracing::info!(addr = %a, "plain-HTTP redirect listener");
         let https_port = addr.port();
-        let callback = cfg.gate.callback_path.clone();
-        tokio::spawn(redirect::serve(l, https_port, callback, stopped()));
+        tokio::spawn(redirect::serve(l, https_port, app.clone(), stopped()));
     }
     tracing::info!(addr = %addr, upstream = %cfg.upstream.url, "jwt-gate listening");
     let serving = app.clone();

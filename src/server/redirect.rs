@@ -1,6 +1,7 @@
 //! The optional plain-HTTP listener: every request is redirected to https (308, same host
 //! and path), except the JWT callback. A token that has crossed the network in clear must
-//! not be used, so a plain-HTTP callback is refused, never redirected.
+//! not be used, so a plain-HTTP callback is verified and burned (recorded as used), then
+//! refused, never redirected.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -14,18 +15,37 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::app::App;
 use crate::login::route::{classify, Route};
 use crate::proxy::body::RespBody;
+use crate::proxy::headers::real_client;
 use crate::proxy::pages::page;
 
-fn redirect(req: &Request<Incoming>, https_port: u16, callback: &str) -> Response<RespBody> {
-    if classify(req.uri().path(), callback) != Route::Other {
-        return page(
+async fn redirect(
+    req: Request<Incoming>,
+    peer: IpAddr,
+    https_port: u16,
+    app: &App,
+) -> Response<RespBody> {
+    let cfg = &app.config;
+    if classify(req.uri().path(), &cfg.gate.callback_path) != Route::Other {
+        // the token crossed the network in clear: burn it, so that whoever saw it cannot
+        // use it over https either, then refuse
+        let (parts, body) = req.into_parts();
+        let client = real_client(&parts.headers, peer, &cfg.listen.trusted_proxies);
+        app.gate.burn(&parts, body, client).await;
+        let mut resp = page(
             StatusCode::BAD_REQUEST,
             "callback_over_plain_http",
             "This sign-in link travelled unencrypted and cannot be used. Sign in again over https.",
             None,
         );
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
     }
     let host = req
         .headers()
@@ -73,7 +93,7 @@ fn without_port(host: &str) -> &str {
 pub(super) async fn serve<F: std::future::Future<Output = ()>>(
     listener: TcpListener,
     https_port: u16,
-    callback: String,
+    app: Arc<App>,
     shutdown: F,
 ) {
     tokio::pin!(shutdown);
@@ -82,15 +102,15 @@ pub(super) async fn serve<F: std::future::Future<Output = ()>>(
             a = listener.accept() => a,
             _ = &mut shutdown => return,
         };
-        let Ok((stream, _)) = accepted else {
+        let Ok((stream, peer)) = accepted else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let callback = callback.clone();
+        let app = app.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let r = redirect(&req, https_port, &callback);
-                async move { Ok::<_, Infallible>(r) }
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(redirect(req, peer.ip(), https_port, &app).await) }
             });
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())

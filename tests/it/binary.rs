@@ -70,10 +70,13 @@ fn explain_prints_every_check_and_the_decoded_token() {
     let dir = TempDir::new("explain");
     let cfg = dir.write("c.toml", &format!("[upstream]\nurl = \"http://127.0.0.1:8181\"\n[provider]\nsecret = \"{SECRET}\"\nvalid_within = 300\n"));
     let good = hs256(&json!({"name": "Ann", "email": "ann@x", "iat": now()}));
+    // the token from a file: never on the command line
+    let token_file = dir.write("token", &good);
     let out = Command::new(gate_bin())
         .args(["explain", "--config"])
         .arg(&cfg)
-        .arg(&good)
+        .arg("--token-file")
+        .arg(&token_file)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -420,4 +423,57 @@ async fn sighup_reloads_the_jwt_key_now() {
         }
     }
     assert!(ok, "SIGHUP did not reload the key");
+}
+
+#[test]
+fn no_secret_reaches_the_output_of_check_or_run() {
+    let dir = TempDir::new("secrets");
+    let inline = "S3cr3t-inline-0123456789abcdefghij";
+    let pw = "Redis-PW-9f8e7d6c";
+    let pem_body = "S3cr3tPemBody0123456789";
+    let weak = "Weak-S3cr3t";
+    let key_file = dir.write(
+        "jwt.pem",
+        &format!("-----BEGIN PRIVATE KEY-----\n{pem_body}\n-----END PRIVATE KEY-----\n"),
+    );
+    let up = "[upstream]\nurl = \"http://127.0.0.1:1\"\n";
+    let cases = [
+        // a TOML syntax error on the secret's own line
+        format!("{up}[provider]\nsecret = \"{inline}\" trailing\n"),
+        // every section wrong, the secret inline and the wrong kind for the algorithm
+        format!("[listen]\naddr = \"nope\"\n[upstream]\nurl = \"ftp://x\"\n[provider]\nsecret = \"{inline}\"\nalgorithm = \"RS256\"\nbogus = 1\n"),
+        format!("{up}[provider]\nalgorithm = \"ES256\"\nsecret = \"{inline}\"\n"),
+        // a PEM file that does not parse
+        format!("{up}[provider]\nalgorithm = \"RS256\"\nsecret_file = \"{}\"\n", key_file.display()),
+        // a Redis URL carrying a password, unparseable
+        format!("{up}[provider]\nsecret = \"{inline}\"\n[replay]\nstore = \"redis\"\nredis_url = \"redis://:{pw}@[::1\"\n"),
+        format!("{up}[provider]\nsecret = \"{inline}\"\n[replay]\nstore = \"redis\"\nredis_url = \"rediss://user:{pw}@\"\n"),
+        // a weak secret
+        format!("{up}[provider]\nsecret = \"{weak}\"\n"),
+    ];
+    for (i, text) in cases.iter().enumerate() {
+        let cfg = dir.write(&format!("c{i}.toml"), text);
+        let (code, check) = run_check(&cfg);
+        let run = Command::new(gate_bin())
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let run_text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&run.stdout),
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert_ne!(code, 0, "case {i} passed check:\n{check}");
+        assert_ne!(run.status.code(), Some(0), "case {i} ran:\n{run_text}");
+        for out in [&check, &run_text] {
+            assert!(
+                out.contains("invalid configuration") || out.contains("TOML syntax"),
+                "case {i}: {out}"
+            );
+            for secret in [inline, pw, pem_body, weak] {
+                assert!(!out.contains(secret), "case {i} printed {secret:?}:\n{out}");
+            }
+        }
+    }
 }

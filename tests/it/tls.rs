@@ -433,7 +433,7 @@ async fn https_upstreams_are_verified_against_the_configured_ca_with_optional_mt
 }
 
 #[tokio::test]
-async fn plain_http_redirects_to_https_but_never_a_callback_and_hsts_is_sent() {
+async fn plain_http_redirects_to_https_burns_a_callback_and_hsts_is_sent() {
     let pki = Pki::new();
     let up = Upstream::start().await;
     pki.server_cert();
@@ -503,6 +503,46 @@ async fn plain_http_redirects_to_https_but_never_a_callback_and_hsts_is_sent() {
         );
         let _ = resp.into_body().collect().await;
     }
+
+    // the token that crossed in clear was burned: it cannot be used over https either
+    let mut over_tls = |path: String| {
+        let req = Request::get(path)
+            .header("host", "localhost")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let fut = send_req.send_request(req);
+        async move {
+            let resp = fut.await.unwrap();
+            let (parts, body) = resp.into_parts();
+            let _ = body.collect().await;
+            (
+                parts.status.as_u16(),
+                parts.headers.get("x-jwt-gate-reason").cloned(),
+            )
+        }
+    };
+    let (status, reason) = over_tls(format!("/users/auth/jwt/callback?jwt={token}")).await;
+    assert_eq!(
+        (status, reason.as_ref().map(|r| r.to_str().unwrap())),
+        (401, Some("replayed"))
+    );
+    // a forgery over plain HTTP burns nothing: the real token with the same jti still works
+    let mut c = claims("jti@x");
+    c["jti"] = serde_json::json!("shared-jti");
+    let forged = hs256_with(&[b'x'; 40], &c);
+    let r = get(&format!(
+        "http://127.0.0.1:{plain}/users/auth/jwt/callback?jwt={forged}"
+    ))
+    .await;
+    assert_eq!(r.reason(), Some("callback_over_plain_http"));
+    let real = hs256(&c);
+    let (status, _) = over_tls(format!("/users/auth/jwt/callback?jwt={real}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        up.callbacks().len(),
+        1,
+        "only the real token over https reached GitLab"
+    );
 }
 
 #[tokio::test]
