@@ -94,6 +94,12 @@ impl Config {
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }
+        if !gate.callback_path.ends_with(gate::DEFAULT_CALLBACK_PATH) {
+            warnings.push(format!(
+                "gate.callback_path {:?} is not OmniAuth's default shape (…/users/auth/jwt/callback): make sure it is exactly where GitLab serves the JWT callback (args.callback_path, relative URL root); a callback elsewhere is refused only when it ends in /users/auth/jwt/callback",
+                gate.callback_path
+            ));
+        }
         if !provider.valid_within_explicit {
             warnings.push(format!(
                 "provider.valid_within is unset (GitLab then skips the iat window); the gate enforces {} s",

@@ -154,3 +154,43 @@ fn ruby_it_cannot_read_is_an_error_naming_the_line_and_weak_secrets_are_reported
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn an_omniauth_callback_path_is_carried_through_and_guarded() {
+    let dir = TempDir::new("import-cb");
+    let rb = dir.write(
+        "gitlab.rb",
+        "external_url 'https://gitlab.example.com'\ngitlab_rails['omniauth_providers'] = [{ name: 'jwt', args: { secret: 'cb-secret-0123456789abcdefghijklmnopq', algorithm: 'HS256', valid_within: 60, callback_path: '/sso/jwt/callback' } }]\n",
+    );
+    let (code, toml, err) = import(&rb);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        toml.contains("callback_path = \"/sso/jwt/callback\""),
+        "{toml}"
+    );
+    assert!(!toml.contains("is not a setting"), "{toml}");
+    // check says the path is custom, and a gate with it verifies that path
+    let up = Upstream::start().await;
+    let cfg = dir.write(
+        "gate.toml",
+        &format!(
+            "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"\"\n[upstream]\nurl = \"http://{}\"\n{toml}",
+            up.addr
+        ),
+    );
+    let (code, check) = run_check(&cfg);
+    assert_eq!(code, 0, "{check}");
+    assert!(check.contains("not OmniAuth's default shape"), "{check}");
+    let gate = Gate::start(&std::fs::read_to_string(&cfg).unwrap()).await;
+    let got = get(&gate.url("/sso/jwt/callback?jwt=forged")).await;
+    assert_eq!(got.reason(), Some("malformed_token"));
+    let token = hs256_with(
+        b"cb-secret-0123456789abcdefghijklmnopq",
+        &claims("cb@example.com"),
+    );
+    let got = get(&gate.url(&format!("/sso/jwt/callback?jwt={token}"))).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1, "only the verified callback went upstream");
+    assert!(seen[0].target.starts_with("/sso/jwt/callback?jwt="));
+}

@@ -13,6 +13,8 @@ const KNOWN_ARGS: &[&str] = &[
     "info_map",
     "auth_url",
     "valid_within",
+    // OmniAuth's own option: where the callback is served (the gate must guard that path)
+    "callback_path",
 ];
 
 fn toml_str(s: &str) -> String {
@@ -69,8 +71,10 @@ pub(super) fn render(found: &Found, source: &str) -> Result<String, String> {
         }
     };
     let mut seen_valid_within = false;
+    let mut callback_path = None;
     for (k, v) in pairs {
         match k.as_str() {
+            "callback_path" => callback_path = want_str(k, v, &mut errs),
             "secret" => match v {
                 Lit::FileRead(path) => {
                     let _ = writeln!(body, "secret_file = {}", toml_str(path));
@@ -157,13 +161,26 @@ pub(super) fn render(found: &Found, source: &str) -> Result<String, String> {
         let _ = writeln!(out, "# note: {c}");
     }
     let _ = writeln!(out, "[provider]\n{body}");
-    if let Some(root) = &found.relative_root {
-        let _ = writeln!(
-            out,
-            "[gate]\n# GitLab is served under {root}\ncallback_path = {}\nsign_in_path = {}",
-            toml_str(&format!("{root}/users/auth/jwt/callback")),
-            toml_str(&format!("{root}/users/sign_in"))
-        );
+    let root = found.relative_root.as_deref().unwrap_or("");
+    match (&callback_path, root) {
+        // OmniAuth compares an explicit callback_path with the whole request path
+        (Some(cb), _) => {
+            let _ = writeln!(
+                out,
+                "[gate]\n# args.callback_path: OmniAuth serves the callback there\ncallback_path = {}\nsign_in_path = {}",
+                toml_str(cb),
+                toml_str(&format!("{root}/users/sign_in"))
+            );
+        }
+        (None, "") => {}
+        (None, root) => {
+            let _ = writeln!(
+                out,
+                "[gate]\n# GitLab is served under {root}\ncallback_path = {}\nsign_in_path = {}",
+                toml_str(&format!("{root}/users/auth/jwt/callback")),
+                toml_str(&format!("{root}/users/sign_in"))
+            );
+        }
     }
     Ok(out)
 }
