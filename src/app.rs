@@ -34,9 +34,10 @@ pub struct App {
     pub tls: Option<Arc<ServerTls>>,
     /// `Strict-Transport-Security` for every response, with TLS and `hsts_max_age > 0`.
     pub hsts: Option<HeaderValue>,
-    /// Unix time at which this app was built: tokens issued earlier are refused when
-    /// `reject_issued_before_start` is on.
+    /// Unix time (whole seconds) at which this app was built.
     pub started_at: i64,
+    /// With `reject_issued_before_start`: tokens whose iat lies before this are refused.
+    pub not_issued_before: Option<i64>,
     /// Things worth telling the operator: the config's, then the key's.
     pub warnings: Vec<String>,
     key_file: Option<KeyFile>,
@@ -93,6 +94,15 @@ fn identity_headers(cfg: &Config) -> IdentityHeaders {
     IdentityHeaders::new(&cfg.gate.identity_header_prefix, &names)
 }
 
+/// The first iat a restarted gate may accept without reopening a replay window: the next
+/// whole second. Every token the gate forwarded before was forwarded no earlier than its
+/// iat (a token dated ahead of the clock waits for it: `login`), so a token used before this
+/// start has an iat of this second or earlier. `server::start` waits for that second before
+/// it serves, so no token issued after the gate is up is refused.
+fn first_unusable_before(started_at: i64) -> i64 {
+    started_at.saturating_add(1)
+}
+
 /// Keep the `Ok` of `r`, or add its error to `errs`.
 fn collect<T>(r: Result<T, String>, errs: &mut Vec<String>) -> Option<T> {
     r.map_err(|e| errs.push(e)).ok()
@@ -122,7 +132,10 @@ impl App {
             return Err(StartupErrors(errs));
         }
         let started_at = crate::clock::unix_now();
-        let not_issued_before = cfg.replay.reject_issued_before_start.then_some(started_at);
+        let not_issued_before = cfg
+            .replay
+            .reject_issued_before_start
+            .then(|| first_unusable_before(started_at));
         let front = Front {
             trusted_proxies: cfg.listen.trusted_proxies.clone(),
             tls: cfg.listen.tls.is_some(),
@@ -152,6 +165,7 @@ impl App {
             tls: tls.map(Arc::new),
             hsts,
             started_at,
+            not_issued_before,
             warnings,
             key_file,
         })

@@ -11,6 +11,13 @@ pub fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// Current unix time in milliseconds.
+pub fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Run `f` every `every` (after a first full interval) for as long as `target` lives.
 pub fn spawn_periodic<T, F, Fut>(target: Weak<T>, every: Duration, f: F)
 where

@@ -181,6 +181,7 @@ impl LoginGate {
         let verified = verifier.verify(&token, now, audit, &mut ())?;
         self.record_first_use(&verified.replay_key, verified.expires_at, now)
             .await?;
+        wait_for_iat(verified.iat).await;
         Ok(Admitted {
             identity: verified.identity,
             body,
@@ -258,6 +259,19 @@ impl LoginGate {
             Ok(Err(_)) => Err(Reason::BodyReadError),
             Ok(Ok(c)) => Ok(c.to_bytes()),
         }
+    }
+}
+
+/// A token dated ahead of the gate's clock (within max_future_skew: an IdP whose clock runs
+/// fast) is forwarded only once its iat has come. Recorded already, so no replay passes in
+/// the meantime; and every token forwarded has an iat no later than its use, so a restart
+/// needs to refuse only tokens dated up to its own second (`app::first_unusable_before`).
+async fn wait_for_iat(iat: i64) {
+    let wait_ms = iat
+        .saturating_mul(1000)
+        .saturating_sub(crate::clock::unix_now_ms());
+    if wait_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
     }
 }
 

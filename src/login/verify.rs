@@ -94,6 +94,8 @@ pub struct Verified {
     pub replay_key: [u8; 32],
     /// Unix time until which the token could still pass the time checks.
     pub expires_at: i64,
+    /// The token's iat: a token dated ahead of the clock is forwarded only once it is not.
+    pub iat: i64,
 }
 
 /// Everything the checks need, built once from the config.
@@ -113,8 +115,8 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    /// The checks of `cfg` with `key`; tokens issued before `not_issued_before` (unix
-    /// seconds) are refused when set (`reject_issued_before_start`).
+    /// The checks of `cfg` with `key`; tokens whose iat lies before `not_issued_before`
+    /// (unix seconds) are refused when set (`reject_issued_before_start`).
     pub fn new(cfg: &Config, key: VerifyKey, not_issued_before: Option<i64>) -> Verifier {
         Verifier {
             alg: cfg.provider.algorithm,
@@ -180,6 +182,7 @@ impl Verifier {
             identity,
             replay_key,
             expires_at: self.first_second_refused(iat),
+            iat,
         })
     }
 

@@ -81,6 +81,17 @@ where
     for w in &app.warnings {
         tracing::warn!("{w}");
     }
+    if let Some(nib) = app.not_issued_before {
+        // serve from the first second whose tokens the gate accepts (at most a second away)
+        let wait = (nib * 1000)
+            .saturating_sub(crate::clock::unix_now_ms())
+            .max(0);
+        tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+        tracing::info!(
+            not_issued_before = nib,
+            "tokens issued before this start are refused: a restart must not reopen their replay window"
+        );
+    }
     let (listener, addr) = match public {
         Some(l) => {
             let a = l.local_addr().map_err(|e| e.to_string())?;

@@ -477,3 +477,66 @@ fn no_secret_reaches_the_output_of_check_or_run() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_restart_reopens_no_replay_window() {
+    // the memory store forgets everything on a restart: tokens that could have been used
+    // before it — issued in the start's own second, or dated ahead of the clock within
+    // max_future_skew — must be refused after it
+    let up = Upstream::start().await;
+    let dir = TempDir::new("restart");
+    let cfg = dir.write(
+        "gate.toml",
+        &format!("[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"\"\n[upstream]\nurl = \"http://{}\"\n[provider]\nsecret = \"{SECRET}\"\nvalid_within = 30\n[gate]\nmax_future_skew = 2\n", up.addr),
+    );
+    let first = run_bin(&cfg).await;
+    // a token dated now signs in at once: the start waited for its whole second
+    let n = now();
+    let now_token = hs256(&json!({"name": "N", "email": "now@x", "iat": n}));
+    let got = get(&format!(
+        "http://{}/users/auth/jwt/callback?jwt={now_token}",
+        first.addr
+    ))
+    .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    // one dated ahead of the clock (an IdP whose clock runs fast) is forwarded once its iat
+    // has come, not before
+    let ahead_iat = now() + 2;
+    let ahead_token = hs256(&json!({"name": "N", "email": "ahead@x", "iat": ahead_iat}));
+    let got = get(&format!(
+        "http://{}/users/auth/jwt/callback?jwt={ahead_token}",
+        first.addr
+    ))
+    .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert!(now() >= ahead_iat, "forwarded before its iat");
+    // restart at once: both replays are refused
+    drop(first);
+    let second = run_bin(&cfg).await;
+    assert!(
+        second.output().contains("tokens issued before this start"),
+        "{}",
+        second.output()
+    );
+    for t in [&now_token, &ahead_token] {
+        let got = get(&format!(
+            "http://{}/users/auth/jwt/callback?jwt={t}",
+            second.addr
+        ))
+        .await;
+        assert_eq!(
+            (got.status.as_u16(), got.reason()),
+            (401, Some("issued_before_start")),
+            "a token used before the restart passed after it"
+        );
+    }
+    // a token issued after the start signs in at once
+    let fresh = hs256(&json!({"name": "N", "email": "fresh@x", "iat": now()}));
+    let got = get(&format!(
+        "http://{}/users/auth/jwt/callback?jwt={fresh}",
+        second.addr
+    ))
+    .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(up.callbacks().len(), 3);
+}

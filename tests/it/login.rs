@@ -275,7 +275,10 @@ async fn every_reason_code_is_refused_before_gitlab() {
 
 #[tokio::test]
 async fn uid_missing_jti_missing_and_issued_before_start() {
-    let (up, gate) = hs_gate("required_claims = [\"name\"]\n[gate]\nrequire_jti = true\n").await;
+    let (up, gate) = hs_gate(
+        "required_claims = [\"name\"]\n[gate]\nrequire_jti = true\n[replay]\nreject_issued_before_start = true\n",
+    )
+    .await;
     let n = now();
     expect_reject(
         &gate,
@@ -297,6 +300,10 @@ async fn uid_missing_jti_missing_and_issued_before_start() {
     let start = gate.app.started_at;
     let old = hs256(&json!({"name": "N", "email": "e@x", "iat": start - 2, "jti": "j2"}));
     expect_reject(&gate, &up, &old, 401, "issued_before_start").await;
+    // ...and so is one from the start's own second (it may have been used just before)
+    assert_eq!(gate.app.not_issued_before, Some(start + 1));
+    let same = hs256(&json!({"name": "N", "email": "e@x", "iat": start, "jti": "j3"}));
+    expect_reject(&gate, &up, &same, 401, "issued_before_start").await;
     // ...unless the operator turned that off
     let (up2, gate2) = hs_gate("[replay]\nreject_issued_before_start = false\n").await;
     let got = get(&callback(&gate2, &old)).await;

@@ -390,7 +390,7 @@ async fn a_full_store_fails_closed_while_other_traffic_flows() {
 #[tokio::test]
 async fn expired_entries_are_swept_so_a_full_store_recovers() {
     let up = Upstream::start().await;
-    // entries live until iat + valid_within + max_future_skew = iat + 1 s
+    // entries live through the last second the window accepts: until iat + valid_within + 1
     let extra = "valid_within = 1\n[gate]\nmax_future_skew = 0\n[replay]\nmax_entries = 1\nsweep_interval = 0.2\n";
     let gate = Gate::start(&config_text(
         up.addr,
