@@ -94,6 +94,13 @@ impl Config {
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }
+        for net in &listen.trusted_proxies {
+            if net.prefix_len() < if net.addr().is_ipv4() { 24 } else { 64 } {
+                warnings.push(format!(
+                    "listen.trusted_proxies: {net} is a wide range: every host in it may claim any client address (X-Forwarded-For); list the proxies themselves"
+                ));
+            }
+        }
         if !gate.callback_path.ends_with(gate::DEFAULT_CALLBACK_PATH) {
             warnings.push(format!(
                 "gate.callback_path {:?} is not OmniAuth's default shape (…/users/auth/jwt/callback): make sure it is exactly where GitLab serves the JWT callback (args.callback_path, relative URL root); a callback elsewhere is refused only when it ends in /users/auth/jwt/callback",
@@ -194,6 +201,22 @@ mod tests {
         ] {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn a_wide_trusted_range_is_warned_about_and_a_proxy_is_not() {
+        let wide = format!(
+            "{}[listen]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.1.2.3\"]\n",
+            minimal()
+        );
+        let c = Config::from_toml_str(&wide).expect("valid");
+        let w: Vec<&String> = c
+            .warnings
+            .iter()
+            .filter(|w| w.contains("wide range"))
+            .collect();
+        assert_eq!(w.len(), 1, "{:?}", c.warnings);
+        assert!(w[0].contains("10.0.0.0/8"));
     }
 
     #[test]
