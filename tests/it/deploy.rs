@@ -240,99 +240,267 @@ fn helm_values_agree_with_the_config_they_ship() {
         volumes: inner(&values, "extraVolumes"),
     };
     check_sidecar("helm", &side, &toml, &sources);
+    // Workhorse is left as the chart makes it: no port or listener moved
+    let webservice = &values["gitlab"]["webservice"];
+    assert!(webservice["service"]["workhorseInternalPort"].is_badvalue());
+    assert!(webservice["workhorse"]["extraArgs"].is_badvalue());
+    assert!(cfg["upstream"]["url"]
+        .as_str()
+        .unwrap()
+        .starts_with("http://127.0.0.1:"));
+}
 
-    // the Service's workhorse targetPort is the gate's listener ...
+/// The objects deploy/helm/jwt-gate-objects.yaml ships: name -> the keys it holds.
+fn shipped_sources(toml: &str) -> BTreeMap<String, Vec<String>> {
+    let mut sources = BTreeMap::new();
+    for o in yaml_docs(&read("deploy/helm/jwt-gate-objects.yaml")) {
+        let data = match s(&o["kind"]).as_str() {
+            "ConfigMap" => {
+                assert_eq!(s(&o["data"]["jwt-gate.toml"]), toml);
+                o["data"].clone()
+            }
+            _ => o["stringData"].clone(),
+        };
+        let keys = data.as_hash().unwrap().keys().map(s).collect();
+        sources.insert(s(&o["metadata"]["name"]), keys);
+    }
+    sources
+}
+
+/// GitLab's chart rendered as `helm template` does, with the shipped values and
+/// post-renderer. The chart lives in ../shared (CI has it); without it this test fails and
+/// says why, it never passes by skipping.
+fn render_chart(extra_json: Option<&str>) -> Vec<Yaml> {
+    let renderer = repo("../shared/reference/render-gitlab-chart");
+    assert!(
+        renderer.exists(),
+        "GitLab's Helm chart and its renderer are not at {}: these tests need ../shared/reference",
+        renderer.display()
+    );
+    let mut cmd = Command::new("python3");
+    cmd.arg(&renderer)
+        .arg("-f")
+        .arg(repo("deploy/helm/values-jwt-gate.yaml"))
+        .arg("--post-renderer")
+        .arg(repo("deploy/helm/post-renderer"));
+    if let Some(j) = extra_json {
+        cmd.arg("--set-json").arg(j);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "render failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    yaml_docs(&String::from_utf8(out.stdout).unwrap())
+        .into_iter()
+        .filter(|d| !d.is_null() && !d.is_badvalue())
+        .collect()
+}
+
+fn of_kind<'a>(docs: &'a [Yaml], kind: &str) -> Vec<&'a Yaml> {
+    docs.iter()
+        .filter(|d| {
+            s(&d["kind"]) == kind && d["metadata"]["labels"]["app"].as_str() == Some("webservice")
+        })
+        .collect()
+}
+
+/// The port of a Workhorse `[[listeners]]` entry in its config.toml (`addr = ":8181"`).
+fn workhorse_listener_port(config_toml: &str) -> i64 {
+    let at = config_toml
+        .find("[[listeners]]")
+        .expect("Workhorse has a listener");
+    let line = config_toml[at..]
+        .lines()
+        .find(|l| l.trim_start().starts_with("addr"))
+        .unwrap();
+    port_of(line.split('"').nth(1).unwrap())
+}
+
+fn check_rendered_pods(docs: &[Yaml], toml: &str, want_deployments: &[&str]) {
+    let cfg = toml_value(toml);
     let listen = port_of(cfg["listen"]["addr"].as_str().unwrap());
+    let admin = port_of(cfg["admin"]["addr"].as_str().unwrap());
+    let upstream = port_of(cfg["upstream"]["url"].as_str().unwrap());
+    let sources = shipped_sources(toml);
+    let deployments = of_kind(docs, "Deployment");
+    let names: Vec<String> = deployments
+        .iter()
+        .map(|d| s(&d["metadata"]["name"]))
+        .collect();
+    assert_eq!(names, want_deployments, "webservice Deployments rendered");
+    for d in &deployments {
+        let name = s(&d["metadata"]["name"]);
+        let spec = &d["spec"]["template"]["spec"];
+        let containers = spec["containers"].as_vec().unwrap();
+        let gate = containers
+            .iter()
+            .find(|c| s(&c["name"]) == "jwt-gate")
+            .unwrap_or_else(|| panic!("{name}: no jwt-gate container"));
+        let side = Sidecar {
+            container: gate.clone(),
+            volumes: spec["volumes"].as_vec().unwrap().clone(),
+        };
+        check_sidecar(&name, &side, toml, &sources);
+        let gate_ports: Vec<(String, i64)> = gate["ports"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .map(|p| (s(&p["name"]), p["containerPort"].as_i64().unwrap()))
+            .collect();
+        assert!(
+            gate_ports.contains(&("jwt-gate".to_string(), listen)),
+            "{name}: {gate_ports:?}"
+        );
+        assert!(
+            gate_ports.contains(&("jwt-gate-admin".to_string(), admin)),
+            "{name}: {gate_ports:?}"
+        );
+        // Workhorse's own listener, from the ConfigMap the chart writes for this deployment
+        let suffix = name.trim_start_matches("gitlab-webservice-");
+        let workhorse_cm = docs
+            .iter()
+            .find(|o| {
+                s(&o["kind"]) == "ConfigMap"
+                    && s(&o["metadata"]["name"]) == format!("gitlab-workhorse-{suffix}")
+            })
+            .unwrap_or_else(|| panic!("{name}: no Workhorse ConfigMap"));
+        let wh_port =
+            workhorse_listener_port(&s(&workhorse_cm["data"]["workhorse-config.toml.tpl"]));
+        assert_eq!(
+            upstream, wh_port,
+            "{name}: the gate must forward to Workhorse's listener"
+        );
+        // no port bound twice in the pod: every containerPort, Workhorse's listener, the gate's
+        let mut bound: Vec<i64> = containers
+            .iter()
+            .flat_map(|c| c["ports"].as_vec().cloned().unwrap_or_default())
+            .map(|p| p["containerPort"].as_i64().unwrap())
+            .collect();
+        bound.sort();
+        let mut unique = bound.clone();
+        unique.dedup();
+        assert_eq!(bound, unique, "{name}: a containerPort is declared twice");
+        assert!(
+            bound.contains(&wh_port),
+            "{name}: Workhorse's listener is not its containerPort"
+        );
+        for p in [listen, admin] {
+            assert_eq!(bound.iter().filter(|&&b| b == p).count(), 1, "{name}: {p}");
+        }
+    }
+    // every webservice Service sends its Workhorse port to the gate
+    let services = of_kind(docs, "Service");
+    assert_eq!(services.len(), deployments.len());
+    for svc in services {
+        let port = svc["spec"]["ports"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .find(|p| s(&p["name"]) == "http-workhorse")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            s(&port["targetPort"]),
+            "jwt-gate",
+            "{}",
+            s(&svc["metadata"]["name"])
+        );
+    }
+    // and outside traffic reaches the pods only on the gate's ports
+    let policies: Vec<&Yaml> = docs
+        .iter()
+        .filter(|d| s(&d["kind"]) == "NetworkPolicy")
+        .collect();
+    assert_eq!(policies.len(), 1, "one NetworkPolicy");
+    let p = policies[0];
     assert_eq!(
-        values["gitlab"]["webservice"]["service"]["workhorseInternalPort"].as_i64(),
-        Some(listen)
+        s(&p["spec"]["podSelector"]["matchLabels"]["app"]),
+        "webservice"
     );
-    // ... and Workhorse moved to the loopback address the gate forwards to
-    let upstream = cfg["upstream"]["url"].as_str().unwrap();
-    let extra = s(&values["gitlab"]["webservice"]["workhorse"]["extraArgs"]);
-    assert_eq!(
-        extra,
-        format!("-listenAddr {}", upstream.trim_start_matches("http://"))
-    );
-    assert!(upstream.starts_with("http://127.0.0.1:"));
+    let mut allowed: Vec<i64> = p["spec"]["ingress"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["ports"].as_vec().cloned().unwrap_or_default())
+        .map(|p| p["port"].as_i64().unwrap())
+        .collect();
+    allowed.sort();
+    assert_eq!(allowed, vec![listen, admin]);
 }
 
 #[test]
-fn kustomize_variant_agrees_with_the_config_it_ships() {
-    let toml = read("deploy/kustomize/jwt-gate.toml");
-    assert_eq!(toml, read("deploy/kubernetes/jwt-gate.toml"));
-    let cfg = toml_value(&toml);
-    let k = yaml_docs(&read("deploy/kustomize/kustomization.yaml")).remove(0);
-    let mut sources = BTreeMap::new();
-    for (gen, kind) in [("configMapGenerator", "cm"), ("secretGenerator", "secret")] {
-        for g in k[gen].as_vec().unwrap() {
-            let files: Vec<String> = g["files"]
-                .as_vec()
-                .unwrap()
-                .iter()
-                .map(|f| {
-                    let f = s(f);
-                    let (key, file) = f.split_once('=').unwrap_or((&f, &f));
-                    assert!(
-                        repo(&format!("deploy/kustomize/{file}")).exists(),
-                        "{kind} file {file}"
-                    );
-                    key.to_string()
-                })
-                .collect();
-            sources.insert(s(&g["name"]), files);
-        }
-    }
-    for p in k["resources"].as_vec().unwrap() {
-        assert!(repo(&format!("deploy/kustomize/{}", s(p))).exists());
-    }
-    let patches: Vec<String> = k["patches"]
-        .as_vec()
-        .unwrap()
-        .iter()
-        .map(|p| s(&p["path"]))
-        .collect();
-    let deployment = yaml_docs(&read(&format!("deploy/kustomize/{}", patches[0]))).remove(0);
-    let service = yaml_docs(&read(&format!("deploy/kustomize/{}", patches[1]))).remove(0);
-    let spec = &deployment["spec"]["template"]["spec"];
-    let containers = spec["containers"].as_vec().unwrap();
-    let gate = containers
-        .iter()
-        .find(|c| s(&c["name"]) == "jwt-gate")
-        .unwrap()
-        .clone();
-    let side = Sidecar {
-        container: gate.clone(),
-        volumes: spec["volumes"].as_vec().unwrap().clone(),
-    };
-    check_sidecar("kustomize", &side, &toml, &sources);
+fn the_real_chart_puts_the_gate_in_front_of_every_webservice_pod() {
+    let toml = read("deploy/kubernetes/jwt-gate.toml");
+    let docs = render_chart(None);
+    check_rendered_pods(&docs, &toml, &["gitlab-webservice-default"]);
+    // the Ingress still goes to the Service's Workhorse port, which is now the gate's
+    let ingress = of_kind(&docs, "Ingress");
+    assert_eq!(ingress.len(), 1);
+    let backend = &ingress[0]["spec"]["rules"][0]["http"]["paths"][0]["backend"];
+    assert_eq!(backend["servicePort"].as_i64(), Some(8181));
+    // a second webservice deployment is covered too
+    let two = render_chart(Some(
+        r#"{"gitlab":{"webservice":{"deployments":{"default":{"ingress":{"path":"/"}},"api":{"ingress":{"path":"/api"}}}}}}"#,
+    ));
+    check_rendered_pods(
+        &two,
+        &toml,
+        &["gitlab-webservice-api", "gitlab-webservice-default"],
+    );
+}
 
-    let listen = port_of(cfg["listen"]["addr"].as_str().unwrap());
-    assert_eq!(
-        service["spec"]["ports"][0]["targetPort"].as_i64(),
-        Some(listen),
-        "the Service must target the gate"
+#[test]
+fn the_post_renderer_refuses_a_chart_it_does_not_know() {
+    let run = |stream: &str| {
+        let mut child = Command::new(repo("deploy/helm/post-renderer"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stream.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: gitlab-webservice-default\n  labels:\n    app: webservice\nspec:\n  template:\n    spec:\n      containers:\n      - name: jwt-gate\n        image: x\n      - name: gitlab-workhorse\n        image: y\n";
+    let service = |ports: &str| {
+        format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: gitlab-webservice-default\n  labels:\n    app: webservice\nspec:\n  ports:\n{ports}")
+    };
+    let known = "  - name: http-webservice\n    port: 8080\n    targetPort: http-webservice\n  - name: http-workhorse\n    port: 8181\n    targetPort: http-workhorse\n";
+    // the control: the shape it knows is patched
+    let ok = run(&format!("{deployment}---\n{}", service(known)));
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
     );
-    assert!(gate["ports"]
-        .as_vec()
-        .unwrap()
-        .iter()
-        .any(|p| p["containerPort"].as_i64() == Some(listen)));
-    // the patched resources exist under the same names in the base
-    let base = yaml_docs(&read("deploy/kustomize/gitlab-webservice.yaml"));
-    for patched in [&deployment, &service] {
-        assert!(base.iter().any(|b| b["kind"] == patched["kind"]
-            && b["metadata"]["name"] == patched["metadata"]["name"]));
-    }
-    let workhorse = containers
-        .iter()
-        .find(|c| s(&c["name"]) == "gitlab-workhorse")
-        .unwrap();
-    let upstream = cfg["upstream"]["url"].as_str().unwrap();
-    assert_eq!(
-        s(&workhorse["env"][0]["value"]),
-        format!("-listenAddr {}", upstream.trim_start_matches("http://"))
+    assert!(
+        text.contains("targetPort: jwt-gate") && !text.contains("targetPort: http-workhorse"),
+        "{text}"
     );
+    // the Workhorse port moved in the list: refused, nothing printed
+    let moved = "  - name: http-workhorse\n    port: 8181\n    targetPort: http-workhorse\n  - name: http-webservice\n    port: 8080\n    targetPort: http-webservice\n";
+    let out = run(&format!("{deployment}---\n{}", service(moved)));
+    assert!(!out.status.success());
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not shaped as expected"));
+    // a webservice Deployment without the gate: refused (the values were forgotten)
+    let bare = deployment.replace("      - name: jwt-gate\n        image: x\n", "");
+    let out = run(&format!("{bare}---\n{}", service(known)));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("jwt-gate container is missing"));
 }
 
 #[test]
