@@ -111,7 +111,7 @@ fn b64std_decode(s: &[u8]) -> Option<Vec<u8>> {
         [rest @ .., b'='] => rest,
         _ => s,
     };
-    if s.len() % 4 != 0 {
+    if !s.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::new();

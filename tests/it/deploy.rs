@@ -618,6 +618,81 @@ fn dockerfile_is_multi_stage_nonroot_and_runs_the_config_the_manifests_mount() {
             "{p}"
         );
     }
+    // dependencies are cached between builds, and the builder's Rust is the crate's minimum
+    assert!(
+        d.contains("--mount=type=cache,target=/src/target"),
+        "no build cache"
+    );
+    let rust = crate_rust_version();
+    assert!(
+        froms[0].contains(&format!("rust:{rust}-")),
+        "the builder is not Rust {rust}: {}",
+        froms[0]
+    );
+}
+
+/// `rust-version` in Cargo.toml.
+fn crate_rust_version() -> String {
+    let manifest: toml::Table = read("Cargo.toml").parse().unwrap();
+    manifest["package"]["rust-version"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn the_declared_rust_version_is_the_dependencies_true_minimum() {
+    // cargo metadata: the newest rust-version among the packages the binary builds from
+    let out = Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .current_dir(repo("."))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let version = |v: &str| -> Vec<u64> { v.split('.').map(|p| p.parse().unwrap()).collect() };
+    let nodes: BTreeMap<String, &serde_json::Value> = meta["resolve"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["id"].as_str().unwrap().to_string(), n))
+        .collect();
+    // what the binary links and builds with: normal and build dependencies, transitively
+    let mut seen = std::collections::BTreeSet::new();
+    let mut stack = vec![meta["resolve"]["root"].as_str().unwrap().to_string()];
+    while let Some(id) = stack.pop() {
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        for d in nodes[&id]["deps"].as_array().unwrap() {
+            let runtime = d["dep_kinds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k["kind"].is_null() || k["kind"].as_str() == Some("build"));
+            if runtime {
+                stack.push(d["pkg"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    let (need, who) = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| seen.contains(p["id"].as_str().unwrap()))
+        .filter_map(|p| Some((version(p["rust_version"].as_str()?), p["name"].as_str()?)))
+        .max()
+        .unwrap();
+    let declared = version(&crate_rust_version());
+    let need2: Vec<u64> = need.iter().copied().take(2).collect();
+    assert_eq!(
+        declared, need2,
+        "Cargo.toml says rust-version {declared:?}; {who} needs {need:?}"
+    );
 }
 
 /// The image's runtime conditions, without an image: the real binary as uid/gid 65532 on a
