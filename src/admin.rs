@@ -102,6 +102,7 @@ fn metric_sources(app: &App) -> Sources {
         store_kind: app.store.kind(),
         store_entries: Box::new(move || store.entries()),
         cert_not_after: Box::new(move || tls.as_ref().and_then(|t| t.not_after())),
+        report_mode: app.config.gate.mode == crate::config::GateMode::Report,
     }
 }
 

@@ -20,8 +20,19 @@ pub const DEFAULT_THROTTLE_BURST: u64 = 30;
 /// Points a client earns back per second.
 pub const DEFAULT_THROTTLE_PER_SECOND: f64 = 1.0;
 
+/// Whether refusals are enforced, or only reported during a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateMode {
+    /// A refused callback never reaches GitLab (the default).
+    Enforce,
+    /// Every callback is verified, recorded, logged and counted, and forwarded anyway;
+    /// identity headers are still stripped from clients and set only for verified tokens.
+    Report,
+}
+
 #[derive(Debug, Clone)]
 pub struct GateConfig {
+    pub mode: GateMode,
     /// Lower-cased, without a trailing `/`.
     pub callback_path: String,
     pub sign_in_path: String,
@@ -46,6 +57,7 @@ pub struct GateConfig {
 
 /// The [gate] section before the provider is known (header names depend on info_map).
 pub(crate) struct GateRaw {
+    mode: GateMode,
     callback_path: String,
     sign_in_path: Option<String>,
     require_jti: bool,
@@ -61,6 +73,18 @@ pub(crate) struct GateRaw {
 
 pub(crate) fn read(t: &Table, errs: &mut Vec<String>) -> GateRaw {
     let mut s = Section::new("gate", t, errs);
+    let mode_name: String = s.get("mode", "enforce".to_string());
+    let mode = match mode_name.as_str() {
+        "enforce" => GateMode::Enforce,
+        "report" => GateMode::Report,
+        other => {
+            s.err(
+                "mode",
+                format!("unknown mode {other:?} (expected \"enforce\" or \"report\")"),
+            );
+            GateMode::Enforce
+        }
+    };
     let mut callback_path: String = s.get("callback_path", DEFAULT_CALLBACK_PATH.to_string());
     if !callback_path.starts_with('/') || callback_path.contains(['?', '#', '%', ' ']) {
         s.err(
@@ -102,6 +126,7 @@ pub(crate) fn read(t: &Table, errs: &mut Vec<String>) -> GateRaw {
     }
     s.finish();
     GateRaw {
+        mode,
         key_reload_interval,
         callback_path,
         sign_in_path,
@@ -153,6 +178,7 @@ pub(crate) fn finish(g: GateRaw, p: &ProviderConfig, errs: &mut Vec<String>) -> 
         format!("{root}/users/sign_in")
     });
     GateConfig {
+        mode: g.mode,
         callback_path: g.callback_path,
         sign_in_path,
         require_jti: g.require_jti,

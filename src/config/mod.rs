@@ -23,7 +23,7 @@ use toml::Table;
 
 pub use admin::AdminConfig;
 pub use algorithm::{Algorithm, Family};
-pub use gate::GateConfig;
+pub use gate::{GateConfig, GateMode};
 pub use listen::{ListenConfig, ListenTls, TlsFiles};
 pub use provider::{read_secret_file, ProviderConfig, Secret, SecretSource};
 pub use replay::{RedisSettings, ReplayConfig, StoreKind};
@@ -106,6 +106,9 @@ impl Config {
                 "gate.callback_path {:?} is not OmniAuth's default shape (…/users/auth/jwt/callback): make sure it is exactly where GitLab serves the JWT callback (args.callback_path, relative URL root); a callback elsewhere is refused only when it ends in /users/auth/jwt/callback",
                 gate.callback_path
             ));
+        }
+        if gate.mode == GateMode::Report {
+            warnings.push("gate.mode = \"report\": callbacks the gate would refuse are forwarded to GitLab anyway (logged and counted as would_refuse); nothing is enforced until mode = \"enforce\"".into());
         }
         if !provider.valid_within_explicit {
             warnings.push(format!(

@@ -13,6 +13,8 @@ pub const DEFAULT_UID_CLAIM: &str = "email";
 pub const DEFAULT_REQUIRED_CLAIMS: [&str; 2] = ["name", "email"];
 /// GitLab skips the iat window when `valid_within` is unset; the gate never does.
 pub const DEFAULT_VALID_WITHIN: u64 = 300;
+/// The text the shipped examples carry where the secret goes.
+const PLACEHOLDER: &str = "replace-me";
 
 #[derive(Debug, Clone)]
 pub struct ProviderConfig {
@@ -150,6 +152,19 @@ pub(crate) fn read(t: &Table, base: &Path, errs: &mut Vec<String>) -> ProviderCo
             }
         }
     };
+    // the shipped examples' placeholder: a gate with it would refuse every real login while
+    // looking healthy
+    if secret
+        .0
+        .windows(PLACEHOLDER.len())
+        .any(|w| w == PLACEHOLDER.as_bytes())
+    {
+        let key = match secret_source {
+            SecretSource::Inline => "secret",
+            SecretSource::File(_) => "secret_file",
+        };
+        s.err(key, "is still the example's placeholder: put the identity provider's secret or public key here");
+    }
     s.finish();
     ProviderConfig {
         algorithm: algorithm.unwrap_or(DEFAULT_ALGORITHM),

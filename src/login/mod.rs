@@ -19,9 +19,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{request, Method};
-use http_body::Body as _;
+use http_body::Body;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 
 use crate::config::Config;
 use crate::replay::{Recorded, ReplayStore, StoreError};
@@ -46,6 +45,13 @@ impl From<Reason> for Refusal {
         }
     }
 }
+
+/// What the gate accepts as a callback body: the client's stream, or (report mode) the
+/// bytes already read.
+pub trait CallbackBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin {}
+impl<B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin> CallbackBody for B {}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A callback that may go to GitLab: the identity headers to set (uid first) and the
 /// callback body the gate has read, if it was a POST.
@@ -99,7 +105,7 @@ impl LoginGate {
     pub async fn decide(
         &self,
         parts: &request::Parts,
-        body: Incoming,
+        body: impl CallbackBody,
         client: IpAddr,
     ) -> Result<Admitted, Refusal> {
         self.run(parts, body, client, "forwarded").await
@@ -108,7 +114,7 @@ impl LoginGate {
     /// A callback that crossed the network in clear (the plain-HTTP listener): its token is
     /// verified and recorded as used, so that whoever saw it cannot use it, and the caller
     /// refuses it anyway. A forgery burns nothing: it fails verification first.
-    pub async fn burn(&self, parts: &request::Parts, body: Incoming, client: IpAddr) {
+    pub async fn burn(&self, parts: &request::Parts, body: impl CallbackBody, client: IpAddr) {
         let _ = self.run(parts, body, client, "burned").await;
     }
 
@@ -117,7 +123,7 @@ impl LoginGate {
     async fn run(
         &self,
         parts: &request::Parts,
-        body: Incoming,
+        body: impl CallbackBody,
         client: IpAddr,
         accepted_as: &'static str,
     ) -> Result<Admitted, Refusal> {
@@ -172,7 +178,7 @@ impl LoginGate {
     async fn decide_inner(
         &self,
         parts: &request::Parts,
-        body: Incoming,
+        body: impl CallbackBody,
         verifier: &Verifier,
         audit: &mut AuditInfo,
     ) -> Result<Admitted, Reason> {
@@ -192,7 +198,7 @@ impl LoginGate {
     async fn extract(
         &self,
         parts: &request::Parts,
-        body: Incoming,
+        body: impl CallbackBody,
     ) -> Result<(String, Option<Bytes>), Reason> {
         // GET, HEAD and POST complete a login in GitLab; the rest never reach it
         let is_post = match parts.method {
@@ -251,7 +257,7 @@ impl LoginGate {
     }
 
     /// Read the callback body with a hard size cap and a deadline.
-    async fn read_body(&self, body: Incoming) -> Result<Bytes, Reason> {
+    pub async fn read_body(&self, body: impl CallbackBody) -> Result<Bytes, Reason> {
         let limited = Limited::new(body, self.max_body);
         match tokio::time::timeout(self.body_timeout, limited.collect()).await {
             Err(_) => Err(Reason::BodyTimeout),

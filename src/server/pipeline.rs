@@ -7,16 +7,20 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{self, HeaderValue};
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::app::App;
+use crate::config::GateMode;
 use crate::login::route::{classify, Route};
 use crate::login::Refusal as LoginRefusal;
 use crate::proxy::body::{AccessLog, BodyStats, Logged, ReqBody, RespBody};
 use crate::proxy::headers::{real_client, wants_upgrade};
 use crate::proxy::pages::page;
+use crate::telemetry::metrics::METRICS;
 
 /// A refusal of the gate's own, before or after the login phase.
 struct Refusal {
@@ -79,10 +83,18 @@ async fn phases(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> Resp
     // login
     let (body, identity, stats) = if route == Route::Callback {
         let client = real_client(&parts.headers, peer.ip(), &cfg.listen.trusted_proxies);
-        match app.gate.decide(&parts, body, client).await {
-            Ok(admitted) => {
-                log.req_bytes_fixed = admitted.body.as_ref().map_or(0, |b| b.len() as u64);
-                (ReqBody::Full(admitted.body), admitted.identity, None)
+        let decided = match cfg.gate.mode {
+            GateMode::Enforce => app
+                .gate
+                .decide(&parts, body, client)
+                .await
+                .map(|a| (a.identity, a.body)),
+            GateMode::Report => report_only(app, &parts, body, client).await,
+        };
+        match decided {
+            Ok((identity, body)) => {
+                log.req_bytes_fixed = body.as_ref().map_or(0, |b| b.len() as u64);
+                (ReqBody::Full(body), identity, None)
             }
             Err(refusal) => return login_refused(app, refusal, log, version),
         }
@@ -217,6 +229,37 @@ fn login_refused(
     // read its body whole)
     let close = reason.status() != StatusCode::UNAUTHORIZED;
     answer(resp, reason.code(), log, version, close)
+}
+
+/// Report mode: decide as always (verify, record, log, count), then forward the callback
+/// whatever the decision — with identity headers only for a verified token. The body is read
+/// first (bounded as always), so it can go on after the gate has looked at it; one that
+/// cannot be read whole is refused even here, since it cannot be forwarded.
+async fn report_only(
+    app: &App,
+    parts: &http::request::Parts,
+    body: Incoming,
+    client: std::net::IpAddr,
+) -> Result<(Vec<(HeaderName, HeaderValue)>, Option<Bytes>), LoginRefusal> {
+    let bytes = app.gate.read_body(body).await?;
+    let decided = app
+        .gate
+        .decide(parts, Full::new(bytes.clone()), client)
+        .await;
+    let identity = match decided {
+        Ok(admitted) => admitted.identity,
+        Err(refusal) => {
+            METRICS.report_would_refuse();
+            tracing::warn!(
+                target: "jwt_gate::audit",
+                reason = refusal.reason.code(),
+                client = %client,
+                "report mode: forwarding a callback the gate would refuse"
+            );
+            Vec::new()
+        }
+    };
+    Ok((identity, (!bytes.is_empty()).then_some(bytes)))
 }
 
 /// A refusal of the gate's own: its page, and the connection closed after it (the

@@ -84,6 +84,7 @@ pub struct Metrics {
     connections: AtomicU64,
     connections_refused: AtomicU64,
     connections_idle_closed: AtomicU64,
+    report_would_refuse: AtomicU64,
     logins: [AtomicU64; MAX_REASONS],
     pub login_latency: Histogram,
     store_errors_full: AtomicU64,
@@ -100,6 +101,7 @@ pub static METRICS: Metrics = Metrics {
     connections: AtomicU64::new(0),
     connections_refused: AtomicU64::new(0),
     connections_idle_closed: AtomicU64::new(0),
+    report_would_refuse: AtomicU64::new(0),
     logins: [const { AtomicU64::new(0) }; MAX_REASONS],
     login_latency: Histogram::new(),
     store_errors_full: AtomicU64::new(0),
@@ -156,6 +158,11 @@ impl Metrics {
         self.connections_idle_closed.fetch_add(1, Relaxed);
     }
 
+    /// Report mode forwarded a callback that enforce mode would have refused.
+    pub fn report_would_refuse(&self) {
+        self.report_would_refuse.fetch_add(1, Relaxed);
+    }
+
     /// A login decision: `slot` is the reason's index in [`Sources::reasons`] (0: forwarded).
     pub fn login(&self, slot: usize, took: Duration) {
         self.logins[slot.min(MAX_REASONS - 1)].fetch_add(1, Relaxed);
@@ -197,6 +204,8 @@ pub struct Sources {
     pub store_entries: Box<dyn Fn() -> Option<usize> + Send + Sync>,
     /// The serving certificate's notAfter (unix seconds), with TLS.
     pub cert_not_after: Box<dyn Fn() -> Option<i64> + Send + Sync>,
+    /// `gate.mode = "report"`: refusals are only counted, never enforced.
+    pub report_mode: bool,
 }
 
 /// The scrape-time view: the static counters plus the [`Sources`].
@@ -305,6 +314,19 @@ impl Collector for GateCollector {
                 ConstCounter::new(m.logins[i].load(Relaxed)).encode(e.encode_family(&labels)?)?;
             }
         }
+        gauge(
+            &mut enc,
+            "report_mode",
+            "1 while gate.mode = \"report\": refused callbacks are forwarded anyway, nothing is enforced.",
+            None,
+            i64::from(self.sources.report_mode),
+        )?;
+        counter(
+            &mut enc,
+            "report_would_refuse",
+            "Callbacks forwarded in report mode that enforce mode would have refused.",
+            m.report_would_refuse.load(Relaxed),
+        )?;
         m.login_latency.encode(
             &mut enc,
             "login_decision",

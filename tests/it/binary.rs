@@ -18,14 +18,31 @@ fn foreign(claims: &serde_json::Value) -> String {
 }
 
 #[test]
-fn check_accepts_the_example_config_and_lists_every_error_of_a_broken_one() {
-    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/jwt-gate.toml");
-    let (code, text) = run_check(&example);
+fn check_accepts_the_example_config_once_its_placeholder_is_replaced_and_lists_every_error() {
+    let example_path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/jwt-gate.toml");
+    // as shipped, the placeholder secret is refused: a healthy gate refusing every login
+    // would be worse than one that does not start
+    let (code, text) = run_check(&example_path);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("provider.secret: is still the example's placeholder"),
+        "{text}"
+    );
+    let dir = TempDir::new("check");
+    let example = std::fs::read_to_string(&example_path).unwrap();
+    let filled = dir.write(
+        "example.toml",
+        &example.replace(
+            "replace-me-with-the-identity-providers-shared-secret",
+            SECRET,
+        ),
+    );
+    let (code, text) = run_check(&filled);
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("configuration OK"));
     assert!(text.contains("single use"), "{text}");
 
-    let dir = TempDir::new("check");
     let no_window = dir.write(
         "ok.toml",
         &format!(
@@ -539,4 +556,64 @@ async fn a_restart_reopens_no_replay_window() {
     .await;
     assert_eq!(got.status, 200, "{}", got.text());
     assert_eq!(up.callbacks().len(), 3);
+}
+
+#[tokio::test]
+async fn report_mode_forwards_what_it_would_refuse_says_so_loudly_and_asserts_only_verified_identities(
+) {
+    let up = Upstream::start().await;
+    let dir = TempDir::new("report");
+    let cfg = dir.write(
+        "gate.toml",
+        &format!("[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{}\"\n[provider]\nsecret = \"{SECRET}\"\n[gate]\nmode = \"report\"\n", up.addr),
+    );
+    // loud: in check, and at start
+    let (code, text) = run_check(&cfg);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("warning: gate.mode = \"report\""), "{text}");
+    let g = run_bin(&cfg).await;
+    assert!(
+        g.output().contains("gate.mode = \"report\""),
+        "{}",
+        g.output()
+    );
+    let base = format!("http://{}/users/auth/jwt/callback?jwt=", g.addr);
+    let c = client();
+    let spoof = |url: String| {
+        send(
+            &c,
+            Request::get(url)
+                .header("x-auth-request-user", "spoofed@x")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+    };
+    // a verified token: forwarded with its identity
+    let good = hs256(&claims("report@x"));
+    assert_eq!(spoof(format!("{base}{good}")).await.status, 200);
+    // its replay and a forgery: forwarded too, but with no identity at all
+    assert_eq!(spoof(format!("{base}{good}")).await.status, 200);
+    let forged = foreign(&claims("forged@x"));
+    assert_eq!(spoof(format!("{base}{forged}")).await.status, 200);
+    let seen = up.callbacks();
+    assert_eq!(seen.len(), 3);
+    let users: Vec<Option<&str>> = seen
+        .iter()
+        .map(|s| {
+            s.headers
+                .get("x-auth-request-user")
+                .map(|v| v.to_str().unwrap())
+        })
+        .collect();
+    assert_eq!(users, vec![Some("report@x"), None, None]);
+    // counted, and the mode is on the dashboard
+    let m = get(&format!("http://{}/metrics", g.admin.unwrap()))
+        .await
+        .text();
+    assert!(m.contains("jwt_gate_report_mode 1"), "{m}");
+    assert!(m.contains("jwt_gate_report_would_refuse_total 2"), "{m}");
+    assert!(
+        m.contains(r#"jwt_gate_login_decisions_total{outcome="rejected",reason="replayed"} 1"#),
+        "{m}"
+    );
 }
