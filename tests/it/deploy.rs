@@ -745,3 +745,42 @@ async fn the_binary_serves_as_nonroot_on_a_read_only_root() {
     assert_eq!(up.count(), 2);
     drop(served);
 }
+
+/// The newest glibc symbol version a binary needs (`objdump -T`).
+fn glibc_floor(bin: &Path) -> (u32, u32) {
+    let out = Command::new("objdump").arg("-T").arg(bin).output().unwrap();
+    assert!(
+        out.status.success(),
+        "objdump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split("GLIBC_")
+        .skip(1)
+        .filter_map(|rest| {
+            let v: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
+            let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+            Some((parts.next()??, parts.next().flatten().unwrap_or(0)))
+        })
+        .max()
+        .unwrap()
+}
+
+#[test]
+fn the_glibc_floor_is_the_documented_one() {
+    // built on Debian 12 (as the Dockerfile and this suite do): glibc 2.34 and later, so
+    // RHEL 8 (2.28) and Ubuntu 20.04 (2.31) need scripts/build-portable (glibc 2.28)
+    let floor = glibc_floor(&gate_bin());
+    assert!(floor <= (2, 34), "the binary needs glibc {floor:?}");
+    let readme = read("README.md");
+    assert!(
+        readme.contains(&format!("glibc {}.{}", floor.0, floor.1)),
+        "README.md must state the floor glibc {}.{}",
+        floor.0,
+        floor.1
+    );
+    assert!(readme.contains("scripts/build-portable"));
+}
