@@ -7,6 +7,7 @@ mod common;
 mod architecture;
 mod binary;
 mod browser;
+mod config_reference;
 mod deploy;
 mod h2_abuse;
 mod hostile_clients;

@@ -1,0 +1,124 @@
+//! The configuration reference cannot drift from the reader: the keys the real reader knows
+//! (read off its own "unknown key (expected one of …)" answer to a probe in every section)
+//! are exactly the keys of README.md's reference table, and every one of them appears in
+//! examples/jwt-gate.toml (set, or shown commented out).
+
+use std::collections::BTreeSet;
+
+use crate::common::*;
+
+const SECTIONS: [&str; 7] = [
+    "listen",
+    "listen.tls",
+    "admin",
+    "upstream",
+    "provider",
+    "gate",
+    "replay",
+];
+
+/// Every key the reader accepts, as `section.key`, from its errors for a probe key.
+fn reader_keys() -> BTreeSet<String> {
+    let mut probe = String::from("__probe__ = 0\n");
+    for s in SECTIONS {
+        probe.push_str(&format!("[{s}]\n__probe__ = 0\n"));
+    }
+    let errs = jwt_gate::Config::from_toml_str(&probe).unwrap_err().0;
+    let mut keys = BTreeSet::new();
+    for s in SECTIONS {
+        let line = errs
+            .iter()
+            .find(|e| e.starts_with(&format!("{s}.__probe__: unknown key")))
+            .unwrap_or_else(|| panic!("no probe answer for [{s}] in {errs:?}"));
+        let list = line
+            .split("expected one of: ")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches(')');
+        for k in list.split(", ") {
+            keys.insert(format!("{s}.{k}"));
+        }
+    }
+    keys
+}
+
+fn readme_keys() -> BTreeSet<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table = readme
+        .split("| key | type | default | meaning |")
+        .nth(1)
+        .expect("README.md has the configuration reference table");
+    table
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| {
+            let first = l.split('|').nth(1).unwrap().trim();
+            assert!(
+                first.starts_with('`') && first.ends_with('`') && first.matches('`').count() == 2,
+                "one key per row: {l}"
+            );
+            first.trim_matches('`').to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn the_reference_table_names_exactly_the_keys_the_reader_knows() {
+    let reader = reader_keys();
+    let readme = readme_keys();
+    let missing: Vec<_> = reader.difference(&readme).collect();
+    let extra: Vec<_> = readme.difference(&reader).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "README reference: missing {missing:?}, not read by the gate {extra:?}"
+    );
+    assert!(reader.len() > 50, "the probe found only {reader:?}");
+}
+
+#[test]
+fn the_example_shows_every_key() {
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/jwt-gate.toml"
+    ))
+    .unwrap();
+    // each key of a section, set or commented, within that section of the example
+    let mut section = String::new();
+    let mut shown = BTreeSet::new();
+    for line in example.lines() {
+        let t = line.trim_start_matches('#').trim();
+        if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            if SECTIONS.contains(&name) {
+                section = name.to_string();
+                if let Some((parent, child)) = name.rsplit_once('.') {
+                    shown.insert(format!("{parent}.{child}"));
+                }
+                continue;
+            }
+        }
+        if let Some((key, _)) = t.split_once('=') {
+            let key = key.trim();
+            if !section.is_empty() && !key.is_empty() && !key.contains(' ') {
+                shown.insert(format!("{section}.{key}"));
+            }
+        }
+    }
+    let missing: Vec<_> = reader_keys().difference(&shown).cloned().collect();
+    assert!(
+        missing.is_empty(),
+        "examples/jwt-gate.toml does not show {missing:?}"
+    );
+    // and once its placeholder is replaced, check accepts it
+    let dir = TempDir::new("example");
+    let filled = dir.write(
+        "example.toml",
+        &example.replace(
+            "replace-me-with-the-identity-providers-shared-secret",
+            SECRET,
+        ),
+    );
+    let (code, text) = run_check(&filled);
+    assert_eq!(code, 0, "{text}");
+}
