@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use crate::app::App;
 use crate::login::route::{classify, Route};
-use crate::proxy::body::RespBody;
+use crate::proxy::body::{BodyStats, ReqBody, RespBody};
 use crate::proxy::headers::real_client;
 use crate::proxy::pages::page;
 
@@ -31,6 +31,9 @@ async fn redirect(
     app: &App,
 ) -> Response<RespBody> {
     let cfg = &app.config;
+    if is_acme_challenge(req.uri().path()) {
+        return acme_challenge(req, peer, app).await;
+    }
     if classify(req.uri().path(), &cfg.gate.callback_path) != Route::Other {
         // the token crossed the network in clear: burn it, so that whoever saw it cannot
         // use it over https either, then refuse
@@ -75,6 +78,30 @@ async fn redirect(
             None,
         ),
     }
+}
+
+/// RFC 8555 §8.3: an HTTP-01 challenge is fetched over plain HTTP on port 80, from this path
+/// exactly; nothing else under `/.well-known/` is let through.
+fn is_acme_challenge(path: &str) -> bool {
+    path.strip_prefix("/.well-known/acme-challenge/")
+        .is_some_and(|token| {
+            !token.is_empty()
+                && token
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// Omnibus renews its Let's Encrypt certificates with HTTP-01 through its own nginx: the
+/// challenge goes upstream (as any request through the gate does) instead of to https.
+async fn acme_challenge(req: Request<Incoming>, peer: IpAddr, app: &App) -> Response<RespBody> {
+    let (parts, body) = req.into_parts();
+    let stats = Arc::new(BodyStats::default());
+    let peer = std::net::SocketAddr::new(peer, 0);
+    app.proxy
+        .forward(parts, ReqBody::Stream(body, stats), Vec::new(), peer, None)
+        .await
+        .response
 }
 
 /// `host` without a `:port`: `name:80` -> `name`, `[::1]:80` -> `[::1]`; an IPv6 literal
@@ -124,6 +151,24 @@ pub(super) async fn serve<F: std::future::Future<Output = ()>>(
 #[cfg(test)]
 mod tests {
     use super::without_port;
+
+    #[test]
+    fn only_the_acme_challenge_path_itself_is_forwarded() {
+        use super::is_acme_challenge;
+        assert!(is_acme_challenge(
+            "/.well-known/acme-challenge/LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0"
+        ));
+        for p in [
+            "/.well-known/acme-challenge/",
+            "/.well-known/acme-challenge/../../users/auth/jwt/callback",
+            "/.well-known/acme-challenge/a/b",
+            "/.well-known/acme-challenge/%2e%2e",
+            "/.well-known/security.txt",
+            "/users/sign_in",
+        ] {
+            assert!(!is_acme_challenge(p), "{p}");
+        }
+    }
 
     #[test]
     fn ports_are_dropped_and_ipv6_literals_kept_whole() {
