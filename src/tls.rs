@@ -56,24 +56,67 @@ fn roots_from(path: &Path) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
-/// Build the server config from its files: TLS 1.2 and 1.3, ALPN h2 then http/1.1, the
-/// certificate checked against its key, and client certificates required when a CA is set.
-pub fn server_config(files: &ServerFiles) -> Result<ServerConfig, String> {
-    let provider = provider();
-    let certs = certs_from_pem(&read(&files.cert)?, &files.cert)?;
-    let key = key_from_pem(&read(&files.key)?, &files.key)?;
+/// A certificate and its key, checked against each other.
+fn certified_key(
+    provider: &CryptoProvider,
+    cert: &Path,
+    key: &Path,
+) -> Result<rustls::sign::CertifiedKey, String> {
+    let certs = certs_from_pem(&read(cert)?, cert)?;
+    let der = key_from_pem(&read(key)?, key)?;
     let signing = provider
         .key_provider
-        .load_private_key(key.clone_key())
-        .map_err(|e| format!("{}: unusable private key: {e}", files.key.display()))?;
-    let certified = rustls::sign::CertifiedKey::new(certs.clone(), signing);
-    certified.keys_match().map_err(|e| {
-        format!(
-            "{} does not match {}: {e}",
-            files.cert.display(),
-            files.key.display()
-        )
-    })?;
+        .load_private_key(der)
+        .map_err(|e| format!("{}: unusable private key: {e}", key.display()))?;
+    let certified = rustls::sign::CertifiedKey::new(certs, signing);
+    certified
+        .keys_match()
+        .map_err(|e| format!("{} does not match {}: {e}", cert.display(), key.display()))?;
+    Ok(certified)
+}
+
+/// Picks the certificate by the client's SNI: the first further certificate valid for the
+/// name (its SANs, wildcards included, checked as a client would), else the default.
+#[derive(Debug)]
+struct BySni {
+    default: Arc<rustls::sign::CertifiedKey>,
+    more: Vec<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl BySni {
+    fn valid_for(ck: &rustls::sign::CertifiedKey, name: &str) -> bool {
+        let Ok(name) = rustls::pki_types::ServerName::try_from(name) else {
+            return false;
+        };
+        ck.end_entity_cert()
+            .ok()
+            .and_then(|der| webpki::EndEntityCert::try_from(der).ok())
+            .is_some_and(|ee| ee.verify_is_valid_for_subject_name(&name).is_ok())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for BySni {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let chosen = hello
+            .server_name()
+            .and_then(|name| self.more.iter().find(|ck| Self::valid_for(ck, name)));
+        Some(chosen.unwrap_or(&self.default).clone())
+    }
+}
+
+/// Build the server config from its files: TLS 1.2 and 1.3, ALPN h2 then http/1.1, each
+/// certificate checked against its key, picked by SNI when there are several, and client
+/// certificates required when a CA is set.
+pub fn server_config(files: &ServerFiles) -> Result<ServerConfig, String> {
+    let provider = provider();
+    let default = Arc::new(certified_key(&provider, &files.cert, &files.key)?);
+    let mut more = Vec::new();
+    for (cert, key) in &files.more {
+        more.push(Arc::new(certified_key(&provider, cert, key)?));
+    }
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| e.to_string())?;
@@ -87,9 +130,7 @@ pub fn server_config(files: &ServerFiles) -> Result<ServerConfig, String> {
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut cfg = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("{}: {e}", files.cert.display()))?;
+    let mut cfg = builder.with_cert_resolver(Arc::new(BySni { default, more }));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }

@@ -48,9 +48,13 @@ pub struct ListenConfig {
 /// Files of the public listener's TLS.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
+    /// The default certificate: for clients that send no name, or one no other matches.
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
+    /// More `(cert, key)` pairs, chosen by the client's SNI against each certificate's own
+    /// names (SAN, wildcards): GitLab, registry, Pages and KAS hostnames on one port.
+    pub more: Vec<(PathBuf, PathBuf)>,
 }
 
 impl TlsFiles {
@@ -59,6 +63,10 @@ impl TlsFiles {
         let mut v = vec![self.cert.as_path(), self.key.as_path()];
         if let Some(ca) = &self.client_ca {
             v.push(ca);
+        }
+        for (c, k) in &self.more {
+            v.push(c);
+            v.push(k);
         }
         v
     }
@@ -81,6 +89,25 @@ fn parse_addr(s: &mut Section, key: &'static str, text: &str) -> Option<SocketAd
             None
         }
     }
+}
+
+/// `[[listen.tls.certificates]]`: `cert` and `key` of each further certificate.
+fn read_more_certificates(s: &mut Section, base: &Path) -> Vec<(PathBuf, PathBuf)> {
+    let Some(list) = s.opt::<Vec<Table>>("certificates") else {
+        return Vec::new();
+    };
+    let mut more = Vec::new();
+    for (i, t) in list.iter().enumerate() {
+        let path = |k: &str| t.get(k).and_then(|v| v.as_str()).map(|p| base.join(p));
+        match (path("cert"), path("key")) {
+            (Some(c), Some(k)) if t.len() == 2 => more.push((c, k)),
+            _ => s.err(
+                "certificates",
+                format!("entry {}: needs exactly cert and key (paths)", i + 1),
+            ),
+        }
+    }
+    more
 }
 
 pub(crate) fn read(t: &Table, base: &Path, errs: &mut Vec<String>) -> ListenConfig {
@@ -169,12 +196,14 @@ fn read_tls(t: &Table, base: &Path, errs: &mut Vec<String>) -> Option<ListenTls>
     if key.is_none() {
         s.err("key", "required with [listen.tls] (PEM)");
     }
+    let more = read_more_certificates(&mut s, base);
     s.finish();
     Some(ListenTls {
         files: TlsFiles {
             cert: base.join(cert?),
             key: base.join(key?),
             client_ca: client_ca.map(|c| base.join(c)),
+            more,
         },
         reload_interval,
         hsts_max_age: hsts.max(0) as u64,

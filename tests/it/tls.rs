@@ -616,3 +616,110 @@ async fn http2_to_the_upstream_when_asked() {
     );
     assert_eq!(seen[1].headers["x-auth-request-user"], "h2c@x");
 }
+
+#[tokio::test]
+async fn one_listener_serves_gitlab_registry_and_pages_each_with_its_certificate() {
+    // Omnibus with its co-hosted services: the gate takes 443 for every hostname and hands
+    // each request to Omnibus' nginx on loopback, which routes by Host
+    let pki = Pki::new();
+    let up = Upstream::start().await;
+    let mut files = Vec::new();
+    for (name, names) in [
+        ("gitlab", vec!["gitlab.example.com"]),
+        ("registry", vec!["registry.example.com"]),
+        ("pages", vec!["*.pages.example.com", "pages.example.com"]),
+        ("kas", vec!["kas.example.com"]),
+    ] {
+        let (c, k) = pki.issue(&names, ExtendedKeyUsagePurpose::ServerAuth);
+        files.push((
+            pki.dir.write(&format!("{name}.crt"), &c),
+            pki.dir.write(&format!("{name}.key"), &k),
+        ));
+    }
+    let more: String = files[1..]
+        .iter()
+        .map(|(c, k)| {
+            format!(
+                "[[listen.tls.certificates]]\ncert = \"{}\"\nkey = \"{}\"\n",
+                c.display(),
+                k.display()
+            )
+        })
+        .collect();
+    let cfg = format!(
+        "[listen]\naddr = \"127.0.0.1:0\"\n[listen.tls]\ncert = \"{}\"\nkey = \"{}\"\n{more}[admin]\naddr = \"\"\n[upstream]\nurl = \"http://{}\"\n{}",
+        files[0].0.display(),
+        files[0].1.display(),
+        up.addr,
+        hs256_provider()
+    );
+    let gate = Gate::start(&cfg).await;
+    let connector = pki.client(ALL, &[b"http/1.1"], false);
+    let fetch = |host: &'static str| {
+        let connector = connector.clone();
+        let addr = gate.addr;
+        async move {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            // the client checks the served certificate against the name it asked for
+            let tls = connector
+                .connect(ServerName::try_from(host).unwrap(), tcp)
+                .await?;
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let resp = send
+                .send_request(
+                    Request::get("/v2/")
+                        .header("host", host)
+                        .body(Empty::<Bytes>::new())
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            Ok::<_, std::io::Error>(resp.status().as_u16())
+        }
+    };
+    for host in [
+        "gitlab.example.com",
+        "registry.example.com",
+        "group.pages.example.com",
+        "pages.example.com",
+        "kas.example.com",
+    ] {
+        assert_eq!(
+            fetch(host).await.unwrap_or_else(|e| panic!("{host}: {e}")),
+            200
+        );
+    }
+    // a name no certificate has gets the default one, which the client rightly refuses
+    assert!(fetch("other.example.com").await.is_err());
+    // and without SNI, the default certificate
+    let mut no_sni = rustls::ClientConfig::builder_with_provider(jwt_gate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(pki.roots())
+        .with_no_client_auth();
+    no_sni.enable_sni = false;
+    let tcp = TcpStream::connect(gate.addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(no_sni))
+        .connect(ServerName::try_from("gitlab.example.com").unwrap(), tcp)
+        .await
+        .expect("the default certificate without SNI");
+    // every hostname reached the one upstream with its Host intact
+    let hosts: Vec<String> = up
+        .seen()
+        .iter()
+        .map(|s| s.headers["host"].to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        hosts,
+        [
+            "gitlab.example.com",
+            "registry.example.com",
+            "group.pages.example.com",
+            "pages.example.com",
+            "kas.example.com"
+        ]
+    );
+}
