@@ -102,6 +102,10 @@ fn toml_value(toml: &str) -> toml::Table {
     toml.parse().unwrap()
 }
 
+fn s_of(v: &toml::Value) -> String {
+    v.as_str().unwrap().to_string()
+}
+
 fn port_of(addr: &str) -> i64 {
     addr.rsplit(':').next().unwrap().parse().unwrap()
 }
@@ -521,21 +525,42 @@ fn omnibus_config_and_gitlab_rb_snippet_agree() {
     assert!(snippet.contains("nginx['listen_https'] = false"));
     assert_eq!(port_of(cfg["listen"]["addr"].as_str().unwrap()), 443);
 
-    // the config checks with real certificate and key files where it expects them
+    // every vhost moves to the one loopback port the gate forwards to, without TLS
+    for vhost in ["nginx", "registry_nginx", "pages_nginx"] {
+        assert!(snippet.contains(&format!("{vhost}['listen_addresses'] = ['127.0.0.1']")), "{vhost}");
+        assert!(snippet.contains(&format!("{vhost}['listen_port'] = {nginx_port}")), "{vhost}");
+        assert!(snippet.contains(&format!("{vhost}['listen_https'] = false")), "{vhost}");
+    }
+    assert!(snippet.contains("letsencrypt['enable'] = true"));
+    assert!(cfg["listen"]["http_redirect_addr"].as_str().is_some(), "port 80 for HTTP-01");
+
+    // the config checks with real certificate and key files where it expects them, one per
+    // hostname of the snippet's external URLs
     let dir = TempDir::new("omnibus");
-    let root = dir.0.join("root/etc/jwt-gate");
-    std::fs::create_dir_all(root.join("tls")).unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["gitlab.example.com".into()]).unwrap();
-    params.not_after = rcgen::date_time_ymd(2035, 1, 1);
-    let key = rcgen::KeyPair::generate().unwrap();
-    std::fs::write(
-        root.join("tls/tls.crt"),
-        params.self_signed(&key).unwrap().pem(),
-    )
-    .unwrap();
-    std::fs::write(root.join("tls/tls.key"), key.serialize_pem()).unwrap();
-    std::fs::write(root.join("jwt.key"), "k".repeat(40)).unwrap();
-    let rooted = toml.replace("\"/etc/jwt-gate/", &format!("\"{}/", root.display()));
+    let root = dir.0.join("root");
+    let tls = &cfg["listen"]["tls"];
+    let mut pairs = vec![(s_of(&tls["cert"]), s_of(&tls["key"]))];
+    for c in tls["certificates"].as_array().unwrap() {
+        pairs.push((s_of(&c["cert"]), s_of(&c["key"])));
+    }
+    for (cert, key_path) in &pairs {
+        let host = Path::new(cert).file_stem().unwrap().to_str().unwrap().to_string();
+        assert!(snippet.contains(&format!("'https://{host}'")), "no external URL for {host}");
+        let mut params = rcgen::CertificateParams::new(vec![host]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2035, 1, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        for (path, text) in [(cert, params.self_signed(&key).unwrap().pem()), (key_path, key.serialize_pem())] {
+            let local = root.join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(local.parent().unwrap()).unwrap();
+            std::fs::write(local, text).unwrap();
+        }
+    }
+    let jwt_key = root.join("etc/jwt-gate/jwt.key");
+    std::fs::create_dir_all(jwt_key.parent().unwrap()).unwrap();
+    std::fs::write(jwt_key, "k".repeat(40)).unwrap();
+    let rooted = toml
+        .replace("\"/etc/jwt-gate/", &format!("\"{}/etc/jwt-gate/", root.display()))
+        .replace("\"/etc/gitlab/", &format!("\"{}/etc/gitlab/", root.display()));
     let cfg_path = dir.write("omnibus.toml", &rooted);
     let (code, text) = run_check(&cfg_path);
     assert_eq!(code, 0, "{text}");
