@@ -122,3 +122,57 @@ fn the_example_shows_every_key() {
     let (code, text) = run_check(&filled);
     assert_eq!(code, 0, "{text}");
 }
+
+/// Every reason code the gate answers with: the login's (from the enum) and the request
+/// guards', the plain listener's and the upstream's (each a string right after a status).
+fn reason_codes() -> BTreeSet<String> {
+    let mut codes: BTreeSet<String> = jwt_gate::login::Reason::ALL
+        .iter()
+        .map(|r| r.code().to_string())
+        .collect();
+    for file in [
+        "src/server/pipeline.rs",
+        "src/server/redirect.rs",
+        "src/proxy/mod.rs",
+    ] {
+        let text =
+            std::fs::read_to_string(format!("{}/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("StatusCode::") {
+            rest = &rest[i + "StatusCode::".len()..];
+            let after = rest.trim_start_matches(|c: char| c.is_ascii_uppercase() || c == '_');
+            let after = after.trim_start_matches(',').trim_start();
+            if let Some(lit) = after.strip_prefix('"') {
+                let code: String = lit.chars().take_while(|&c| c != '"').collect();
+                if code.contains('_') && code.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                    codes.insert(code);
+                }
+            }
+        }
+    }
+    codes
+}
+
+#[test]
+fn every_reason_code_has_a_troubleshooting_row() {
+    let guide =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/admin-guide.md"))
+            .unwrap();
+    let table = guide
+        .split("| reason code | the user sees | likely cause | fix |")
+        .nth(1)
+        .unwrap();
+    let rows: String = table
+        .lines()
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| l.split('|').nth(1).unwrap().to_string())
+        .collect();
+    let codes = reason_codes();
+    assert!(codes.len() > 60, "found only {codes:?}");
+    let missing: Vec<&String> = codes
+        .iter()
+        .filter(|c| !rows.contains(&format!("`{c}`")))
+        .collect();
+    assert!(missing.is_empty(), "no troubleshooting row for {missing:?}");
+}

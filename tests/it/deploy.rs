@@ -527,12 +527,24 @@ fn omnibus_config_and_gitlab_rb_snippet_agree() {
 
     // every vhost moves to the one loopback port the gate forwards to, without TLS
     for vhost in ["nginx", "registry_nginx", "pages_nginx"] {
-        assert!(snippet.contains(&format!("{vhost}['listen_addresses'] = ['127.0.0.1']")), "{vhost}");
-        assert!(snippet.contains(&format!("{vhost}['listen_port'] = {nginx_port}")), "{vhost}");
-        assert!(snippet.contains(&format!("{vhost}['listen_https'] = false")), "{vhost}");
+        assert!(
+            snippet.contains(&format!("{vhost}['listen_addresses'] = ['127.0.0.1']")),
+            "{vhost}"
+        );
+        assert!(
+            snippet.contains(&format!("{vhost}['listen_port'] = {nginx_port}")),
+            "{vhost}"
+        );
+        assert!(
+            snippet.contains(&format!("{vhost}['listen_https'] = false")),
+            "{vhost}"
+        );
     }
     assert!(snippet.contains("letsencrypt['enable'] = true"));
-    assert!(cfg["listen"]["http_redirect_addr"].as_str().is_some(), "port 80 for HTTP-01");
+    assert!(
+        cfg["listen"]["http_redirect_addr"].as_str().is_some(),
+        "port 80 for HTTP-01"
+    );
 
     // the config checks with real certificate and key files where it expects them, one per
     // hostname of the snippet's external URLs
@@ -544,12 +556,23 @@ fn omnibus_config_and_gitlab_rb_snippet_agree() {
         pairs.push((s_of(&c["cert"]), s_of(&c["key"])));
     }
     for (cert, key_path) in &pairs {
-        let host = Path::new(cert).file_stem().unwrap().to_str().unwrap().to_string();
-        assert!(snippet.contains(&format!("'https://{host}'")), "no external URL for {host}");
+        let host = Path::new(cert)
+            .file_stem()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            snippet.contains(&format!("'https://{host}'")),
+            "no external URL for {host}"
+        );
         let mut params = rcgen::CertificateParams::new(vec![host]).unwrap();
         params.not_after = rcgen::date_time_ymd(2035, 1, 1);
         let key = rcgen::KeyPair::generate().unwrap();
-        for (path, text) in [(cert, params.self_signed(&key).unwrap().pem()), (key_path, key.serialize_pem())] {
+        for (path, text) in [
+            (cert, params.self_signed(&key).unwrap().pem()),
+            (key_path, key.serialize_pem()),
+        ] {
             let local = root.join(path.trim_start_matches('/'));
             std::fs::create_dir_all(local.parent().unwrap()).unwrap();
             std::fs::write(local, text).unwrap();
@@ -559,8 +582,14 @@ fn omnibus_config_and_gitlab_rb_snippet_agree() {
     std::fs::create_dir_all(jwt_key.parent().unwrap()).unwrap();
     std::fs::write(jwt_key, "k".repeat(40)).unwrap();
     let rooted = toml
-        .replace("\"/etc/jwt-gate/", &format!("\"{}/etc/jwt-gate/", root.display()))
-        .replace("\"/etc/gitlab/", &format!("\"{}/etc/gitlab/", root.display()));
+        .replace(
+            "\"/etc/jwt-gate/",
+            &format!("\"{}/etc/jwt-gate/", root.display()),
+        )
+        .replace(
+            "\"/etc/gitlab/",
+            &format!("\"{}/etc/gitlab/", root.display()),
+        );
     let cfg_path = dir.write("omnibus.toml", &rooted);
     let (code, text) = run_check(&cfg_path);
     assert_eq!(code, 0, "{text}");
