@@ -1,7 +1,7 @@
 //! The real `jwt-gate` binary: `check`, `explain`, `run` (streaming in flat memory, audit
 //! lines without tokens, SIGTERM drain) and `demo`.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::common::*;
@@ -108,21 +108,9 @@ fn explain_prints_every_check_and_the_decoded_token() {
 
     // bad signature, token on stdin
     let bad = foreign(&json!({"name": "Ann", "email": "ann@x", "iat": now()}));
-    let mut child = Command::new(gate_bin())
-        .args(["explain", "--config"])
-        .arg(&cfg)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(bad.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let mut explain = Command::new(gate_bin());
+    explain.args(["explain", "--config"]).arg(&cfg);
+    let out = run_with_stdin(explain, bad.as_bytes());
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("[pass] header and alg"), "{text}");

@@ -669,3 +669,41 @@ pub fn run_check(path: &std::path::Path) -> (i32, String) {
     );
     (out.status.code().unwrap_or(-1), text)
 }
+
+/// One series' value from the admin listener's `/metrics` (NaN when it is absent).
+pub async fn metric(admin: SocketAddr, series: &str) -> f64 {
+    let text = get(&format!("http://{admin}/metrics")).await.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Run `cmd` with `input` on its stdin; its whole output.
+pub fn run_with_stdin(mut cmd: std::process::Command, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// examples/jwt-gate.toml with its placeholder secret replaced, written into `dir`.
+pub fn filled_example(dir: &TempDir) -> PathBuf {
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/jwt-gate.toml"
+    ))
+    .unwrap();
+    dir.write(
+        "example.toml",
+        &example.replace(
+            "replace-me-with-the-identity-providers-shared-secret",
+            SECRET,
+        ),
+    )
+}

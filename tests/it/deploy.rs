@@ -458,20 +458,10 @@ fn the_real_chart_puts_the_gate_in_front_of_every_webservice_pod() {
 #[test]
 fn the_post_renderer_refuses_a_chart_it_does_not_know() {
     let run = |stream: &str| {
-        let mut child = Command::new(repo("deploy/helm/post-renderer"))
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stream.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        run_with_stdin(
+            Command::new(repo("deploy/helm/post-renderer")),
+            stream.as_bytes(),
+        )
     };
     let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: gitlab-webservice-default\n  labels:\n    app: webservice\nspec:\n  template:\n    spec:\n      containers:\n      - name: jwt-gate\n        image: x\n      - name: gitlab-workhorse\n        image: y\n";
     let service = |ports: &str| {

@@ -95,18 +95,10 @@ async fn idle_sockets_of_every_kind_are_closed_on_time() {
     // the request on each connection was served before it idled out
     let targets: Vec<String> = up.seen().into_iter().map(|s| s.target).collect();
     assert!(targets.contains(&"/one".to_string()) && targets.contains(&"/h2".to_string()));
-    let m = get(&format!("http://{}/metrics", g.admin.unwrap()))
-        .await
-        .text();
-    let closed = m
-        .lines()
-        .find(|l| l.starts_with("jwt_gate_connections_idle_closed_total"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let closed = metric(g.admin.unwrap(), "jwt_gate_connections_idle_closed_total").await;
     // the silent, partial-preface and HTTP/2 connections can only have been closed by the
     // gate's idle timer; the HTTP/1 one may have gone to hyper's header timer first
-    assert!(closed >= 3.0, "{m}");
+    assert!(closed >= 3.0, "{closed} idle connections closed");
 }
 
 #[tokio::test]
@@ -135,16 +127,8 @@ async fn at_the_cap_idle_sockets_give_way_to_real_clients() {
         let got = get(&format!("http://{}/real/{i}", g.addr)).await;
         assert_eq!(got.status, 200, "{}", got.text());
     }
-    let m = get(&format!("http://{}/metrics", g.admin.unwrap()))
-        .await
-        .text();
-    let open = m
-        .lines()
-        .find(|l| l.starts_with("jwt_gate_open_connections "))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap();
-    assert!(open <= 21.0, "the cap did not hold: {open} open\n{m}");
+    let open = metric(g.admin.unwrap(), "jwt_gate_open_connections").await;
+    assert!(open <= 21.0, "the cap did not hold: {open} open");
     assert_eq!(up.seen().len(), 5);
 }
 
