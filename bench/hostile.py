@@ -4,6 +4,7 @@
     python3 bench/hostile.py idle   [--bin PATH] [--sockets N]   # an idle-socket flood
     python3 bench/hostile.py kinds  [--bin PATH]                 # how long each idle kind lives
     python3 bench/hostile.py forge  [--bin PATH] [--seconds S]   # ES512 forgery flood vs a real user
+    python3 bench/hostile.py slow   [--bin PATH] [--sockets N]   # N slow 1 MiB downloads: RSS
 
 Prints one JSON object per scenario. The gate under test is started here on port 0 with a
 config of its own (bench/hostile.py writes it to a temporary directory); `--bin` may name an
@@ -33,15 +34,21 @@ def b64(b: bytes) -> str:
     return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 
 
+MIB = b"x" * (1 << 20)
+
+
 class Upstream(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
-        body = b"ok"
+        body = MIB if self.path == "/1m" else b"ok"
         self.send_response(200)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.wfile.write(body)
+        except OSError:
+            pass
 
     def log_message(self, *a):
         pass
@@ -167,6 +174,38 @@ def scenario_idle(args):
         "after_real_client": after_real,
         "real_client": {"status": status, "ms": round(latency * 1000, 1)},
     }
+    gate.stop()
+    for s in socks:
+        s.close()
+    print(json.dumps(out))
+
+
+def scenario_slow(args):
+    """N clients each start a 1 MiB download and read it slowly: the gate's RSS with every
+    one of them in flight (a streaming connection's buffers are what the cap is sized by)."""
+    up = start_upstream()
+    gate = Gate(args.bin, config(up))
+    base = gate.rss_kib()
+    socks = []
+    for _ in range(args.sockets):
+        s = socket.create_connection(gate.addr)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(b"GET /1m HTTP/1.1\r\nHost: x\r\n\r\n")
+        socks.append(s)
+    peak = 0
+    deadline = time.time() + args.seconds
+    while time.time() < deadline:
+        for s in socks:  # a trickle: 1 KiB per client per round
+            s.setblocking(False)
+            try:
+                s.recv(1024)
+            except OSError:
+                pass
+        peak = max(peak, gate.rss_kib())
+        time.sleep(0.2)
+    out = {"scenario": "slow", "binary": args.bin, "downloads": len(socks),
+           "idle_rss_mib": round(base / 1024, 1), "peak_rss_mib": round(peak / 1024, 1),
+           "fds": gate.fds()}
     gate.stop()
     for s in socks:
         s.close()
@@ -350,7 +389,7 @@ def scenario_forge(args):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("scenario", choices=["idle", "kinds", "forge"])
+    p.add_argument("scenario", choices=["idle", "kinds", "forge", "slow"])
     p.add_argument("--bin", default="target/release/jwt-gate")
     p.add_argument("--sockets", type=int, default=3000)
     p.add_argument("--limit", type=float, default=75.0, help="kinds: give up after this long")
@@ -361,7 +400,8 @@ def main():
     args = p.parse_args()
     global FIXED_PORT
     FIXED_PORT = args.port
-    {"idle": scenario_idle, "kinds": scenario_kinds, "forge": scenario_forge}[args.scenario](args)
+    {"idle": scenario_idle, "kinds": scenario_kinds, "forge": scenario_forge,
+     "slow": scenario_slow}[args.scenario](args)
 
 
 if __name__ == "__main__":

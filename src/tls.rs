@@ -380,6 +380,20 @@ mod expiry_tests {
     }
 
     #[test]
+    fn a_non_ascii_date_is_none_not_a_panic() {
+        // notAfter 2030-06-01 is the UTCTime "300601000000Z"; put a two-byte "é" where the
+        // year's digits were: the byte-indexed slicing it guards against would cut the
+        // character in half
+        let mut der = cert_with_not_after(2030, 6, 1);
+        let at = der
+            .windows(13)
+            .position(|w| w == b"300601000000Z")
+            .expect("the notAfter time");
+        der[at..at + 2].copy_from_slice("é".as_bytes());
+        assert_eq!(cert_not_after(&der), None);
+    }
+
+    #[test]
     fn civil_days() {
         assert_eq!(days_from_civil(1970, 1, 1), 0);
         assert_eq!(days_from_civil(2000, 3, 1), 11_017);
