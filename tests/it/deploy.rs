@@ -275,6 +275,29 @@ fn shipped_sources(toml: &str) -> BTreeMap<String, Vec<String>> {
 /// post-renderer. The chart lives in ../shared (CI has it); without it this test fails and
 /// says why, it never passes by skipping.
 fn render_chart(extra_json: Option<&str>) -> Vec<Yaml> {
+    let values = repo("deploy/helm/values-jwt-gate.yaml");
+    let out = render_with(Some(&values), "deploy/helm/post-renderer", extra_json);
+    assert!(
+        out.status.success(),
+        "render failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_render(&out.stdout)
+}
+
+fn parse_render(stdout: &[u8]) -> Vec<Yaml> {
+    yaml_docs(&String::from_utf8(stdout.to_vec()).unwrap())
+        .into_iter()
+        .filter(|d| !d.is_null() && !d.is_badvalue())
+        .collect()
+}
+
+/// The renderer's whole output, with `values` (if any) and `post_renderer`.
+fn render_with(
+    values: Option<&Path>,
+    post_renderer: &str,
+    extra_json: Option<&str>,
+) -> std::process::Output {
     let renderer = repo("../shared/reference/render-gitlab-chart");
     assert!(
         renderer.exists(),
@@ -282,24 +305,15 @@ fn render_chart(extra_json: Option<&str>) -> Vec<Yaml> {
         renderer.display()
     );
     let mut cmd = Command::new("python3");
-    cmd.arg(&renderer)
-        .arg("-f")
-        .arg(repo("deploy/helm/values-jwt-gate.yaml"))
-        .arg("--post-renderer")
-        .arg(repo("deploy/helm/post-renderer"));
+    cmd.arg(&renderer);
+    if let Some(v) = values {
+        cmd.arg("-f").arg(v);
+    }
+    cmd.arg("--post-renderer").arg(repo(post_renderer));
     if let Some(j) = extra_json {
         cmd.arg("--set-json").arg(j);
     }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "render failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    yaml_docs(&String::from_utf8(out.stdout).unwrap())
-        .into_iter()
-        .filter(|d| !d.is_null() && !d.is_badvalue())
-        .collect()
+    cmd.output().unwrap()
 }
 
 fn of_kind<'a>(docs: &'a [Yaml], kind: &str) -> Vec<&'a Yaml> {
@@ -827,4 +841,110 @@ fn the_glibc_floor_is_the_documented_one() {
         floor.1
     );
     assert!(readme.contains("scripts/build-portable"));
+}
+
+#[test]
+fn the_standalone_topology_puts_a_gate_deployment_in_front_of_the_webservice_service() {
+    let toml = read("deploy/kubernetes/jwt-gate-standalone.toml");
+    let cfg = toml_value(&toml);
+    let out = render_with(None, "deploy/helm/post-renderer-standalone", None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = parse_render(&out.stdout);
+    let named = |kind: &str, name: &str| -> Yaml {
+        docs.iter()
+            .find(|d| s(&d["kind"]) == kind && s(&d["metadata"]["name"]) == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+            .clone()
+    };
+    // the gate's own objects, its config the shipped file
+    let cm = named("ConfigMap", "jwt-gate-standalone-config");
+    assert_eq!(s(&cm["data"]["jwt-gate.toml"]), toml);
+    let deployment = named("Deployment", "jwt-gate");
+    assert!(deployment["spec"]["replicas"].as_i64().unwrap() >= 2);
+    let spec = &deployment["spec"]["template"]["spec"];
+    let gate = spec["containers"][0].clone();
+    let mut sources = shipped_sources(&read("deploy/kubernetes/jwt-gate.toml"));
+    sources.insert(
+        "jwt-gate-standalone-config".into(),
+        vec!["jwt-gate.toml".into()],
+    );
+    let side = Sidecar {
+        container: gate.clone(),
+        volumes: spec["volumes"].as_vec().unwrap().clone(),
+    };
+    check_sidecar("standalone", &side, &toml, &sources);
+    let listen = port_of(cfg["listen"]["addr"].as_str().unwrap());
+    let svc = named("Service", "jwt-gate");
+    let port = &svc["spec"]["ports"][0];
+    assert_eq!(port["port"].as_i64(), Some(listen));
+    assert_eq!(s(&port["targetPort"]), "jwt-gate");
+    assert!(gate["ports"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .any(|p| s(&p["name"]) == "jwt-gate" && p["containerPort"].as_i64() == Some(listen)));
+    let pdb = named("PodDisruptionBudget", "jwt-gate");
+    assert_eq!(pdb["spec"]["minAvailable"].as_i64(), Some(1));
+    assert_eq!(
+        s(&pdb["spec"]["selector"]["matchLabels"]["app"]),
+        "jwt-gate"
+    );
+    // the Ingress goes to the gate; the gate to the webservice Service's Workhorse port
+    let ingress = named("Ingress", "gitlab-webservice-default");
+    let backend = &ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"];
+    assert_eq!(s(&backend["serviceName"]), "jwt-gate");
+    assert_eq!(backend["servicePort"].as_i64(), Some(listen));
+    let web = named("Service", "gitlab-webservice-default");
+    let workhorse = web["spec"]["ports"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|p| s(&p["name"]) == "http-workhorse")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        cfg["upstream"]["url"].as_str().unwrap(),
+        format!(
+            "http://gitlab-webservice-default:{}",
+            workhorse["port"].as_i64().unwrap()
+        )
+    );
+    // Workhorse's port admits only the gate and the components that call it directly
+    let np = named("NetworkPolicy", "jwt-gate-webservice");
+    assert_eq!(
+        s(&np["spec"]["podSelector"]["matchLabels"]["app"]),
+        "webservice"
+    );
+    let rules = np["spec"]["ingress"].as_vec().unwrap();
+    assert_eq!(rules.len(), 1);
+    let ports: Vec<i64> = rules[0]["ports"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|p| p["port"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ports, vec![8181]);
+    let from = rules[0]["from"].as_vec().unwrap();
+    assert_eq!(s(&from[0]["podSelector"]["matchLabels"]["app"]), "jwt-gate");
+    let callers: Vec<String> = from[1]["podSelector"]["matchExpressions"][0]["values"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(s)
+        .collect();
+    assert_eq!(callers, ["gitlab-shell", "kas", "gitaly"]);
+    // with two webservice deployments it refuses, rather than guard only one
+    let two = render_with(
+        None,
+        "deploy/helm/post-renderer-standalone",
+        Some(
+            r#"{"gitlab":{"webservice":{"deployments":{"default":{"ingress":{"path":"/"}},"api":{"ingress":{"path":"/api"}}}}}}"#,
+        ),
+    );
+    assert!(!two.status.success());
+    assert!(String::from_utf8_lossy(&two.stderr).contains("standalone covers one"));
 }
