@@ -286,7 +286,7 @@ fn render_chart(extra_json: Option<&str>) -> Vec<Yaml> {
 }
 
 fn parse_render(stdout: &[u8]) -> Vec<Yaml> {
-    yaml_docs(&String::from_utf8(stdout.to_vec()).unwrap())
+    yaml_docs(std::str::from_utf8(stdout).unwrap())
         .into_iter()
         .filter(|d| !d.is_null() && !d.is_badvalue())
         .collect()
