@@ -445,7 +445,14 @@ fn check_rendered_pods(docs: &[Yaml], toml: &str, want_deployments: &[&str]) {
         .map(|p| p["port"].as_i64().unwrap())
         .collect();
     allowed.sort();
-    assert_eq!(allowed, vec![listen, admin]);
+    // the gate's ports and the read-only metrics ports; never Workhorse or Puma
+    assert_eq!(allowed, vec![8083, listen, admin, 9229]);
+    for direct in [8080, 8081, 8181] {
+        assert!(
+            !allowed.contains(&direct),
+            "{direct} is reachable from outside the pod"
+        );
+    }
 }
 
 #[test]
