@@ -23,7 +23,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 
 use crate::config::Config;
-use crate::replay::{Recorded, ReplayStore, StoreError};
+use crate::replay::{FirstUse, Recorded, ReplayStore, StoreError};
 use crate::telemetry::metrics::METRICS;
 use params::{extract_token, ParamError, Part};
 pub use reason::Reason;
@@ -137,7 +137,9 @@ impl LoginGate {
                 retry_after: Some(wait),
             }),
             Ok(()) => {
-                let r = self.decide_inner(parts, body, &verifier, &mut audit).await;
+                let r = self
+                    .decide_inner(parts, body, client, &verifier, &mut audit)
+                    .await;
                 if let Err(reason) = r {
                     if reason.charges_client() {
                         let bad_sig = reason == Reason::BadSignature;
@@ -169,6 +171,8 @@ impl LoginGate {
             uid_hash = audit.uid_hash.as_deref().unwrap_or("-"),
             jti_hash = audit.jti_hash.as_deref().unwrap_or("-"),
             client = %client,
+            first_use_ms = audit.first_use.map_or(-1, |f| f.at_ms),
+            first_use_client = %audit.first_use.map_or_else(|| "-".to_string(), |f| f.client.to_string()),
             latency_us = t0.elapsed().as_micros() as u64,
             "login decision"
         );
@@ -179,13 +183,18 @@ impl LoginGate {
         &self,
         parts: &request::Parts,
         body: impl CallbackBody,
+        client: IpAddr,
         verifier: &Verifier,
         audit: &mut AuditInfo,
     ) -> Result<Admitted, Reason> {
         let (token, body) = self.extract(parts, body).await?;
         let now = crate::clock::unix_now();
         let verified = verifier.verify(&token, now, audit, &mut ())?;
-        self.record_first_use(&verified.replay_key, verified.expires_at, now)
+        let use_ = FirstUse {
+            at_ms: crate::clock::unix_now_ms(),
+            client,
+        };
+        self.record_first_use(&verified.replay_key, verified.expires_at, now, use_, audit)
             .await?;
         wait_for_iat(verified.iat).await;
         Ok(Admitted {
@@ -238,13 +247,25 @@ impl LoginGate {
         key: &[u8; 32],
         expires_at: i64,
         now: i64,
+        use_: FirstUse,
+        audit: &mut AuditInfo,
     ) -> Result<(), Reason> {
         let t_store = Instant::now();
-        let recorded = self.store.check_and_record(key, expires_at, now).await;
+        let recorded = self
+            .store
+            .check_and_record(key, expires_at, now, use_)
+            .await;
         METRICS.store_latency.observe(t_store.elapsed());
         match recorded {
             Ok(Recorded::Fresh) => Ok(()),
-            Ok(Recorded::Replayed) => Err(Reason::Replayed),
+            Ok(Recorded::Replayed(first)) => {
+                // a replay from another client is the signature of a stolen token
+                if first.is_some_and(|f| f.client != use_.client) {
+                    METRICS.replay_other_client();
+                }
+                audit.first_use = first;
+                Err(Reason::Replayed)
+            }
             Err(e) => {
                 METRICS.store_error(e == StoreError::Full);
                 tracing::error!(target: "jwt_gate::replay", error = %e, "replay store refused a login");

@@ -82,6 +82,8 @@ pub struct AuditInfo {
     pub iss: Option<String>,
     pub uid_hash: Option<String>,
     pub jti_hash: Option<String>,
+    /// A refused replay's first use: when and from where.
+    pub first_use: Option<crate::replay::FirstUse>,
 }
 
 /// A token that passed every check (the replay store has not been asked yet).

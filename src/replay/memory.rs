@@ -10,10 +10,17 @@ use std::time::Duration;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
-use super::{Recorded, ReplayStore, StoreError, StoreFuture};
+use super::{FirstUse, Recorded, ReplayStore, StoreError, StoreFuture};
+
+/// One recorded token: until when it is live, and its first use.
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    expires_at: i64,
+    first: FirstUse,
+}
 
 pub struct MemoryStore {
-    map: DashMap<[u8; 32], i64>,
+    map: DashMap<[u8; 32], Record>,
     count: AtomicUsize,
     max_entries: usize,
 }
@@ -44,8 +51,8 @@ impl MemoryStore {
     /// Drop every entry that expired at or before `now`; returns how many.
     pub fn sweep(&self, now: i64) -> usize {
         let mut removed = 0;
-        self.map.retain(|_, exp| {
-            let keep = *exp > now;
+        self.map.retain(|_, e| {
+            let keep = e.expires_at > now;
             if !keep {
                 removed += 1;
             }
@@ -61,14 +68,16 @@ impl MemoryStore {
         key: &[u8; 32],
         expires_at: i64,
         now: i64,
+        first: FirstUse,
     ) -> Result<Recorded, StoreError> {
+        let entry = Record { expires_at, first };
         match self.map.entry(*key) {
             Entry::Occupied(mut e) => {
-                if *e.get() > now {
-                    Ok(Recorded::Replayed)
+                if e.get().expires_at > now {
+                    Ok(Recorded::Replayed(Some(e.get().first)))
                 } else {
                     // expired but not swept yet: reuse the slot
-                    e.insert(expires_at);
+                    e.insert(entry);
                     Ok(Recorded::Fresh)
                 }
             }
@@ -77,7 +86,7 @@ impl MemoryStore {
                     self.count.fetch_sub(1, Ordering::AcqRel);
                     return Err(StoreError::Full);
                 }
-                v.insert(expires_at);
+                v.insert(entry);
                 Ok(Recorded::Fresh)
             }
         }
@@ -90,8 +99,9 @@ impl ReplayStore for MemoryStore {
         key: &'a [u8; 32],
         expires_at: i64,
         now: i64,
+        use_: FirstUse,
     ) -> StoreFuture<'a> {
-        Box::pin(std::future::ready(self.record(key, expires_at, now)))
+        Box::pin(std::future::ready(self.record(key, expires_at, now, use_)))
     }
     fn entries(&self) -> Option<usize> {
         Some(self.count.load(Ordering::Acquire))
@@ -108,28 +118,55 @@ impl ReplayStore for MemoryStore {
 mod tests {
     use super::*;
 
+    fn by(client: &str) -> FirstUse {
+        FirstUse {
+            at_ms: 1,
+            client: client.parse().unwrap(),
+        }
+    }
+
+    fn replayed(r: &Result<Recorded, StoreError>) -> bool {
+        matches!(r, Ok(Recorded::Replayed(_)))
+    }
+
     #[test]
     fn second_use_is_a_replay_until_expiry() {
         let s = MemoryStore::new(10);
         let k = [7u8; 32];
-        assert_eq!(s.record(&k, 100, 50), Ok(Recorded::Fresh));
-        assert_eq!(s.record(&k, 100, 99), Ok(Recorded::Replayed));
+        assert_eq!(s.record(&k, 100, 50, by("10.0.0.1")), Ok(Recorded::Fresh));
+        // the first use is what the replay reports
+        assert_eq!(
+            s.record(&k, 100, 99, by("192.0.2.9")),
+            Ok(Recorded::Replayed(Some(by("10.0.0.1"))))
+        );
         // at expiry the entry is dead and the slot is reused
-        assert_eq!(s.record(&k, 200, 100), Ok(Recorded::Fresh));
+        assert_eq!(s.record(&k, 200, 100, by("10.0.0.1")), Ok(Recorded::Fresh));
         assert_eq!(s.entries(), Some(1));
     }
 
     #[test]
     fn full_store_fails_closed_and_never_evicts_live_entries() {
         let s = MemoryStore::new(2);
-        assert_eq!(s.record(&[1; 32], 100, 0), Ok(Recorded::Fresh));
-        assert_eq!(s.record(&[2; 32], 100, 0), Ok(Recorded::Fresh));
-        assert_eq!(s.record(&[3; 32], 100, 0), Err(StoreError::Full));
-        assert_eq!(s.record(&[1; 32], 100, 1), Ok(Recorded::Replayed));
+        assert_eq!(
+            s.record(&[1; 32], 100, 0, by("10.0.0.1")),
+            Ok(Recorded::Fresh)
+        );
+        assert_eq!(
+            s.record(&[2; 32], 100, 0, by("10.0.0.1")),
+            Ok(Recorded::Fresh)
+        );
+        assert_eq!(
+            s.record(&[3; 32], 100, 0, by("10.0.0.1")),
+            Err(StoreError::Full)
+        );
+        assert!(replayed(&s.record(&[1; 32], 100, 1, by("10.0.0.1"))));
         assert_eq!(s.sweep(99), 0);
         assert_eq!(s.sweep(100), 2);
         assert_eq!(s.entries(), Some(0));
-        assert_eq!(s.record(&[3; 32], 300, 150), Ok(Recorded::Fresh));
+        assert_eq!(
+            s.record(&[3; 32], 300, 150, by("10.0.0.1")),
+            Ok(Recorded::Fresh)
+        );
     }
 
     #[test]
@@ -137,7 +174,7 @@ mod tests {
         let s = MemoryStore::new(100);
         let results: Vec<_> = std::thread::scope(|sc| {
             let hs: Vec<_> = (0..16)
-                .map(|_| sc.spawn(|| s.record(&[9; 32], 100, 0)))
+                .map(|_| sc.spawn(|| s.record(&[9; 32], 100, 0, by("10.0.0.1"))))
                 .collect();
             hs.into_iter().filter_map(|h| h.join().ok()).collect()
         });
@@ -145,10 +182,7 @@ mod tests {
             .iter()
             .filter(|r| **r == Ok(Recorded::Fresh))
             .count();
-        let replayed = results
-            .iter()
-            .filter(|r| **r == Ok(Recorded::Replayed))
-            .count();
+        let replayed = results.iter().filter(|r| replayed(r)).count();
         assert_eq!((fresh, replayed), (1, 15));
         assert_eq!(s.entries(), Some(1));
     }

@@ -8,15 +8,27 @@ pub mod memory;
 pub mod redis;
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
+
+/// Who used a token first, and when: what the audit line of a refused replay reports, so
+/// an impatient double-click (same client, a second later) is told apart from a stolen
+/// token used elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FirstUse {
+    /// Unix time in milliseconds.
+    pub at_ms: i64,
+    /// The client's address, as the trusted proxies tell it.
+    pub client: IpAddr,
+}
 
 /// Result of a check-and-record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
     /// First use: recorded now.
     Fresh,
-    /// Seen before and still live.
-    Replayed,
+    /// Seen before and still live; the first use, where the store could tell.
+    Replayed(Option<FirstUse>),
 }
 
 /// Why the store could not prove a login unused. Both fail closed (503).
@@ -41,13 +53,14 @@ pub type StoreFuture<'a> = Pin<Box<dyn Future<Output = Result<Recorded, StoreErr
 pub type HealthFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
 
 pub trait ReplayStore: Send + Sync + 'static {
-    /// Atomically: if `key` is recorded and live at `now`, `Replayed`; else record it until
-    /// `expires_at` (unix seconds) and answer `Fresh`.
+    /// Atomically: if `key` is recorded and live at `now`, `Replayed` (with its first use);
+    /// else record it with `use_` until `expires_at` (unix seconds) and answer `Fresh`.
     fn check_and_record<'a>(
         &'a self,
         key: &'a [u8; 32],
         expires_at: i64,
         now: i64,
+        use_: FirstUse,
     ) -> StoreFuture<'a>;
     /// Live entries, where the store can tell cheaply (metrics and readiness).
     fn entries(&self) -> Option<usize>;

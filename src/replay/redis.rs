@@ -22,7 +22,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{IntoConnectionInfo, RedisConnectionInfo};
 
-use super::{Recorded, ReplayStore, StoreError, StoreFuture};
+use super::{FirstUse, Recorded, ReplayStore, StoreError, StoreFuture};
 pub use crate::config::RedisSettings;
 
 enum Target {
@@ -195,22 +195,39 @@ impl RedisStore {
         }
     }
 
-    async fn set_nx(&self, key: &[u8; 32], ttl_ms: i64) -> Result<Recorded, StoreError> {
+    /// A replay: read who holds the key (one more round trip, for replays only).
+    async fn replayed(&self, name: &str) -> Recorded {
+        Recorded::Replayed(
+            self.holder(name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|v| parse_value(&v).1),
+        )
+    }
+
+    async fn set_nx(
+        &self,
+        key: &[u8; 32],
+        ttl_ms: i64,
+        use_: FirstUse,
+    ) -> Result<Recorded, StoreError> {
         let name = self.key_name(key);
         let attempt = random_hex16();
-        let first = match self.try_set(&name, &attempt, ttl_ms).await {
+        let value = format!("{attempt}|{}|{}", use_.at_ms, use_.client);
+        let first = match self.try_set(&name, &value, ttl_ms).await {
             Ok(true) => return Ok(Recorded::Fresh),
-            Ok(false) => return Ok(Recorded::Replayed),
+            Ok(false) => return Ok(self.replayed(&name).await),
             Err(e) => e,
         };
         // once more, on a connection the manager (or, with Sentinel, a new master) remade
         self.reset().await;
-        match self.try_set(&name, &attempt, ttl_ms).await {
+        match self.try_set(&name, &value, ttl_ms).await {
             Ok(true) => Ok(Recorded::Fresh),
             Ok(false) => match self.holder(&name).await {
                 // the first attempt landed and only its reply was lost
-                Ok(Some(v)) if v == attempt => Ok(Recorded::Fresh),
-                Ok(_) => Ok(Recorded::Replayed),
+                Ok(Some(v)) if parse_value(&v).0 == attempt => Ok(Recorded::Fresh),
+                Ok(v) => Ok(Recorded::Replayed(v.and_then(|v| parse_value(&v).1))),
                 Err(e) => Err(self.fail(e)),
             },
             Err(e) => {
@@ -235,6 +252,20 @@ impl RedisStore {
             Err(_) => Err("PING timed out".into()),
         }
     }
+}
+
+/// A key's value: `<attempt>|<first use, unix ms>|<client>` (what a replay reports). A value
+/// of an older gate (`1`) has no first use.
+fn parse_value(v: &str) -> (&str, Option<FirstUse>) {
+    let mut parts = v.splitn(3, '|');
+    let attempt = parts.next().unwrap_or("");
+    let first = (|| {
+        Some(FirstUse {
+            at_ms: parts.next()?.parse().ok()?,
+            client: parts.next()?.parse().ok()?,
+        })
+    })();
+    (attempt, first)
 }
 
 /// One attempt's value: 16 random bytes in hex, after a per-process counter so that two
@@ -264,12 +295,13 @@ impl ReplayStore for RedisStore {
         key: &'a [u8; 32],
         expires_at: i64,
         now: i64,
+        use_: FirstUse,
     ) -> StoreFuture<'a> {
         // one deadline for the whole call, retry included: during an outage every login
         // gets its 503 within it
         let deadline = self.connect_timeout + self.response_timeout * 2;
         Box::pin(async move {
-            tokio::time::timeout(deadline, self.set_nx(key, ttl_ms(expires_at, now)))
+            tokio::time::timeout(deadline, self.set_nx(key, ttl_ms(expires_at, now), use_))
                 .await
                 .unwrap_or_else(|_| Err(self.fail("Redis did not answer in time".into())))
         })

@@ -85,6 +85,7 @@ pub struct Metrics {
     connections_refused: AtomicU64,
     connections_idle_closed: AtomicU64,
     report_would_refuse: AtomicU64,
+    replay_other_client: AtomicU64,
     logins: [AtomicU64; MAX_REASONS],
     pub login_latency: Histogram,
     store_errors_full: AtomicU64,
@@ -102,6 +103,7 @@ pub static METRICS: Metrics = Metrics {
     connections_refused: AtomicU64::new(0),
     connections_idle_closed: AtomicU64::new(0),
     report_would_refuse: AtomicU64::new(0),
+    replay_other_client: AtomicU64::new(0),
     logins: [const { AtomicU64::new(0) }; MAX_REASONS],
     login_latency: Histogram::new(),
     store_errors_full: AtomicU64::new(0),
@@ -161,6 +163,11 @@ impl Metrics {
     /// Report mode forwarded a callback that enforce mode would have refused.
     pub fn report_would_refuse(&self) {
         self.report_would_refuse.fetch_add(1, Relaxed);
+    }
+
+    /// A replay refused that came from another client than the first use.
+    pub fn replay_other_client(&self) {
+        self.replay_other_client.fetch_add(1, Relaxed);
     }
 
     /// A login decision: `slot` is the reason's index in [`Sources::reasons`] (0: forwarded).
@@ -326,6 +333,12 @@ impl Collector for GateCollector {
             "report_would_refuse",
             "Callbacks forwarded in report mode that enforce mode would have refused.",
             m.report_would_refuse.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "replay_other_client",
+            "Replays refused that came from another client than the token's first use: the signature of a stolen token.",
+            m.replay_other_client.load(Relaxed),
         )?;
         m.login_latency.encode(
             &mut enc,

@@ -605,3 +605,69 @@ async fn report_mode_forwards_what_it_would_refuse_says_so_loudly_and_asserts_on
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn a_refused_replay_says_when_and_from_where_the_token_was_first_used() {
+    let up = Upstream::start().await;
+    let dir = TempDir::new("forensics");
+    let cfg = dir.write(
+        "gate.toml",
+        &format!("[listen]\naddr = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n[admin]\naddr = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{}\"\n[provider]\nsecret = \"{SECRET}\"\n", up.addr),
+    );
+    let g = run_bin(&cfg).await;
+    let c = client();
+    let from = |who: &'static str, token: String| {
+        send(
+            &c,
+            Request::get(format!(
+                "http://{}/users/auth/jwt/callback?jwt={token}",
+                g.addr
+            ))
+            .header("x-forwarded-for", who)
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+        )
+    };
+    let token = hs256(&claims("victim@x"));
+    let before_ms = now() * 1000;
+    assert_eq!(from("198.51.100.7", token.clone()).await.status, 200);
+    // the same client again (a double-click), then another one (a stolen token)
+    assert_eq!(
+        from("198.51.100.7", token.clone()).await.reason(),
+        Some("replayed")
+    );
+    assert_eq!(
+        from("203.0.113.9", token.clone()).await.reason(),
+        Some("replayed")
+    );
+    let admin = g.admin.unwrap();
+    assert_eq!(
+        metric(admin, "jwt_gate_replay_other_client_total").await,
+        1.0
+    );
+    // the audit lines name the first use
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let out = g.output();
+    let replays: Vec<&str> = out
+        .lines()
+        .filter(|l| {
+            l.contains("jwt_gate::audit")
+                && (l.contains("reason=\"replayed\"") || l.contains("reason=replayed"))
+        })
+        .collect();
+    assert_eq!(replays.len(), 2, "{out}");
+    for line in &replays {
+        assert!(line.contains("first_use_client=198.51.100.7"), "{line}");
+        let ms: i64 = line
+            .split("first_use_ms=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"));
+        assert!(
+            ms >= before_ms && ms <= now() * 1000 + 1000,
+            "{ms} in {line}"
+        );
+    }
+    assert!(replays[1].contains("client=203.0.113.9"), "{}", replays[1]);
+}

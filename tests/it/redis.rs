@@ -7,6 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::common::*;
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
 use serde_json::json;
 
 /// A real redis-server on a free port (and optionally a unix socket), killed on drop.
@@ -460,4 +463,48 @@ async fn a_redis_that_never_answers_costs_each_login_one_deadline() {
     );
     assert_eq!(up.callbacks().len(), 0);
     hold.abort();
+}
+
+#[tokio::test]
+async fn each_record_keeps_its_first_use_for_replicas_to_report() {
+    let redis = Redis::start(&[]).await;
+    let up = Upstream::start().await;
+    let cfg = redis_gate_config(&up, &format!("redis_url = \"{}\"\n", redis.url())).replace(
+        "[listen]\n",
+        "[listen]\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+    );
+    let (a, b) = (Gate::start(&cfg).await, Gate::start(&cfg).await);
+    let token = hs256(&claims("forensics@x"));
+    let c = client();
+    let from = |gate: &Gate, who: &str| {
+        send(
+            &c,
+            Request::get(callback(gate, &token))
+                .header("x-forwarded-for", who)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+    };
+    let before_ms = now() * 1000;
+    assert_eq!(from(&a, "198.51.100.7").await.status, 200);
+    // the record in Redis: <attempt>|<first use, ms>|<client>
+    let mut conn = redis.conn(None).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let value: String = redis::cmd("GET")
+        .arg(&keys[0])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let parts: Vec<&str> = value.split('|').collect();
+    assert_eq!(parts.len(), 3, "{value}");
+    let at: i64 = parts[1].parse().unwrap();
+    assert!(at >= before_ms && at <= now() * 1000 + 1000, "{value}");
+    assert_eq!(parts[2], "198.51.100.7");
+    // the other replica refuses the replay from elsewhere
+    assert_eq!(from(&b, "203.0.113.9").await.reason(), Some("replayed"));
+    assert_eq!(up.callbacks().len(), 1);
 }

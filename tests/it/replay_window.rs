@@ -5,7 +5,7 @@
 use jwt_gate::login::verify::{AuditInfo, Verifier};
 use jwt_gate::replay::memory::MemoryStore;
 use jwt_gate::replay::redis::ttl_ms;
-use jwt_gate::replay::Recorded;
+use jwt_gate::replay::{FirstUse, Recorded};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -54,10 +54,11 @@ proptest! {
         }
         // memory: recorded at T0, asked again at t
         let store = MemoryStore::new(10);
-        prop_assert_eq!(store.record(&first.replay_key, first.expires_at, T0), Ok(Recorded::Fresh));
+        let use_ = FirstUse { at_ms: T0 * 1000, client: "192.0.2.1".parse().unwrap() };
+        prop_assert_eq!(store.record(&first.replay_key, first.expires_at, T0, use_), Ok(Recorded::Fresh));
         prop_assert_eq!(
-            store.record(&first.replay_key, first.expires_at, t),
-            Ok(Recorded::Replayed),
+            store.record(&first.replay_key, first.expires_at, t, use_),
+            Ok(Recorded::Replayed(Some(use_))),
             "memory forgot the key at t = T0 + {}", later
         );
         // Redis: set at T0 + first_ms with PX, asked at t + later_ms (wall clock, ms)
