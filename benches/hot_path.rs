@@ -170,13 +170,17 @@ fn request_path(c: &mut Criterion) {
     });
 
     let store = MemoryStore::new(usize::MAX);
+    let first = jwt_gate::replay::FirstUse {
+        at_ms: 0,
+        client: std::net::IpAddr::from([192, 0, 2, 1]),
+    };
     let mut i: u64 = 0;
     c.bench_function("replay/memory check-and-record (fresh)", |b| {
         b.iter(|| {
             i += 1;
             let mut k = [0u8; 32];
             k[..8].copy_from_slice(&i.to_le_bytes());
-            store.record(&k, i64::MAX, 0)
+            store.record(&k, i64::MAX, 0, first)
         })
     });
 
