@@ -63,6 +63,14 @@ async fn route(
                 Err(e) => format!("replay store: {} unavailable: {e}\n", store.kind()),
             };
             let mut ready = !(cfg.replay.ready_requires_store && health.is_err());
+            let store_line = match store.readiness_problem() {
+                Some((why, fatal)) => {
+                    ready &= !fatal;
+                    let label = if fatal { "not ready" } else { "warning" };
+                    format!("{store_line}replay store {label}: {why}\n")
+                }
+                None => store_line,
+            };
             let mut upstream_line = String::new();
             if cfg.admin.ready_requires_upstream {
                 let probe = tokio::time::timeout(

@@ -26,7 +26,7 @@ pub use algorithm::{Algorithm, Family};
 pub use gate::{GateConfig, GateMode};
 pub use listen::{ListenConfig, ListenTls, TlsFiles};
 pub use provider::{read_secret_file, ProviderConfig, Secret, SecretSource};
-pub use replay::{RedisSettings, ReplayConfig, StoreKind};
+pub use replay::{EvictionCheck, RedisSettings, ReplayConfig, StoreKind};
 pub use upstream::{UpstreamConfig, UpstreamTls};
 
 /// A configuration read from TOML. Construct with [`Config::from_toml_str`] or [`Config::load`].

@@ -12,6 +12,7 @@ pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_KEY_PREFIX: &str = "jwt-gate:replay:";
 pub const DEFAULT_REDIS_CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
 pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+pub const DEFAULT_REPLICA_TIMEOUT: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone)]
 pub struct ReplayConfig {
@@ -33,6 +34,15 @@ pub enum StoreKind {
 }
 
 /// How to reach Redis.
+/// What a Redis whose `maxmemory-policy` could evict replay keys means for readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictionCheck {
+    /// `/readyz` fails, with the reason (the default: an evicted key reopens its replay).
+    Refuse,
+    /// A warning in the log and on `/readyz`, which stays ready.
+    Warn,
+}
+
 #[derive(Clone)]
 pub struct RedisSettings {
     /// `redis://`, `rediss://`, `redis+unix:///path`, or a socket path (`/var/opt/gitlab/redis/redis.socket`).
@@ -44,6 +54,11 @@ pub struct RedisSettings {
     pub key_prefix: String,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
+    /// Replicas that must acknowledge a record (`WAIT`) before the login goes on.
+    pub min_replicas: u32,
+    /// How long to wait for them.
+    pub replica_timeout: Duration,
+    pub eviction_check: EvictionCheck,
 }
 
 impl std::fmt::Debug for RedisSettings {
@@ -85,6 +100,23 @@ pub(crate) fn read(t: &Table, base: &Path, errs: &mut Vec<String>) -> ReplayConf
     let key_prefix: String = s.get("key_prefix", DEFAULT_KEY_PREFIX.to_string());
     let connect_timeout = s.secs("redis_connect_timeout", DEFAULT_REDIS_CONNECT_TIMEOUT);
     let response_timeout = s.secs("redis_timeout", DEFAULT_REDIS_TIMEOUT);
+    let min_replicas: i64 = s.get("redis_min_replicas", 0);
+    if !(0..=16).contains(&min_replicas) {
+        s.err("redis_min_replicas", "must be between 0 and 16");
+    }
+    let replica_timeout = s.secs("redis_replica_timeout", DEFAULT_REPLICA_TIMEOUT);
+    let eviction_name: String = s.get("redis_eviction_check", "refuse".to_string());
+    let eviction_check = match eviction_name.as_str() {
+        "refuse" => EvictionCheck::Refuse,
+        "warn" => EvictionCheck::Warn,
+        other => {
+            s.err(
+                "redis_eviction_check",
+                format!("unknown {other:?} (expected \"refuse\" or \"warn\")"),
+            );
+            EvictionCheck::Refuse
+        }
+    };
     let password = password_file.and_then(|f| {
         let p = base.join(f);
         match std::fs::read_to_string(&p) {
@@ -107,6 +139,9 @@ pub(crate) fn read(t: &Table, base: &Path, errs: &mut Vec<String>) -> ReplayConf
         key_prefix,
         connect_timeout,
         response_timeout,
+        min_replicas: min_replicas.clamp(0, 16) as u32,
+        replica_timeout,
+        eviction_check,
     });
     ReplayConfig {
         store,

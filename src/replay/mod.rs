@@ -67,6 +67,11 @@ pub trait ReplayStore: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
     /// Start background upkeep (the memory store's sweeper), every `every`. Needs a runtime.
     fn start_maintenance(self: std::sync::Arc<Self>, _every: std::time::Duration) {}
+    /// A standing reason the store cannot be trusted (a Redis that may evict replay keys),
+    /// and whether it must keep the gate out of service (`/readyz`).
+    fn readiness_problem(&self) -> Option<(String, bool)> {
+        None
+    }
     /// Can the store answer right now? (`/readyz`)
     fn health(&self) -> HealthFuture<'_> {
         Box::pin(std::future::ready(Ok(())))

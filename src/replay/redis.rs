@@ -23,7 +23,7 @@ use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServer
 use redis::{IntoConnectionInfo, RedisConnectionInfo};
 
 use super::{FirstUse, Recorded, ReplayStore, StoreError, StoreFuture};
-pub use crate::config::RedisSettings;
+pub use crate::config::{EvictionCheck, RedisSettings};
 
 enum Target {
     Direct(redis::Client),
@@ -36,6 +36,11 @@ pub struct RedisStore {
     prefix: String,
     connect_timeout: Duration,
     response_timeout: Duration,
+    min_replicas: u32,
+    replica_timeout: Duration,
+    eviction_check: EvictionCheck,
+    /// The `maxmemory-policy` read at the last connect, when it could evict replay keys.
+    evicting_policy: std::sync::Mutex<Option<String>>,
     /// Failed round trips (metrics, logs).
     pub errors: AtomicU64,
 }
@@ -97,6 +102,10 @@ impl RedisStore {
             prefix: s.key_prefix.clone(),
             connect_timeout: s.connect_timeout,
             response_timeout: s.response_timeout,
+            min_replicas: s.min_replicas,
+            replica_timeout: s.replica_timeout,
+            eviction_check: s.eviction_check,
+            evicting_policy: std::sync::Mutex::new(None),
             errors: AtomicU64::new(0),
         }))
     }
@@ -137,7 +146,69 @@ impl RedisStore {
         .await
         .map_err(|_| unavailable("connect timed out".into()))?
         .map_err(|e| unavailable(e.to_string()))?;
+        self.check_eviction_policy(m.clone()).await;
         Ok(m)
+    }
+
+    /// Every replay key has a TTL: any `maxmemory-policy` but `noeviction` may drop one
+    /// under memory pressure (`volatile-*` evict exactly the keys with a TTL), and every
+    /// token still inside its window becomes replayable. Read at each connect.
+    async fn check_eviction_policy(&self, mut conn: ConnectionManager) {
+        let reply = tokio::time::timeout(
+            self.response_timeout,
+            redis::cmd("CONFIG")
+                .arg("GET")
+                .arg("maxmemory-policy")
+                .query_async::<Vec<String>>(&mut conn),
+        )
+        .await;
+        let policy = match reply {
+            Ok(Ok(v)) => v.get(1).cloned(),
+            _ => None,
+        };
+        let risky = match policy.as_deref() {
+            Some("noeviction") => None,
+            Some(p) => Some(p.to_string()),
+            None => {
+                // managed Redis often renames CONFIG: say so, and trust the operator
+                tracing::warn!(target: "jwt_gate::replay", "cannot read Redis' maxmemory-policy; it must be noeviction, or an evicted replay key reopens its token");
+                None
+            }
+        };
+        if let Some(p) = &risky {
+            tracing::error!(target: "jwt_gate::replay", policy = %p, "Redis' maxmemory-policy can evict replay keys (each has a TTL): set maxmemory-policy noeviction for the gate's database (or replay.redis_eviction_check = \"warn\")");
+        }
+        *self
+            .evicting_policy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = risky;
+    }
+
+    /// With `min_replicas`, a record counts only once that many replicas acknowledged it:
+    /// an acknowledged SET can otherwise be lost when Sentinel promotes a replica that had
+    /// not received it, and the token is then accepted again on the new master.
+    async fn wait_for_replicas(&self) -> Result<(), StoreError> {
+        if self.min_replicas == 0 {
+            return Ok(());
+        }
+        let mut conn = self.connection().await?;
+        let acked = tokio::time::timeout(
+            self.replica_timeout + self.response_timeout,
+            redis::cmd("WAIT")
+                .arg(self.min_replicas)
+                .arg(self.replica_timeout.as_millis() as u64)
+                .query_async::<i64>(&mut conn),
+        )
+        .await;
+        match acked {
+            Ok(Ok(n)) if n >= i64::from(self.min_replicas) => Ok(()),
+            Ok(Ok(n)) => Err(self.fail(format!(
+                "acknowledged by {n} of the {} replicas required",
+                self.min_replicas
+            ))),
+            Ok(Err(e)) => Err(self.fail(e.to_string())),
+            Err(_) => Err(self.fail("WAIT did not answer in time".into())),
+        }
     }
 
     /// Forget the connection (Sentinel: the next login re-resolves the master).
@@ -216,17 +287,19 @@ impl RedisStore {
         let attempt = random_hex16();
         let value = format!("{attempt}|{}|{}", use_.at_ms, use_.client);
         let first = match self.try_set(&name, &value, ttl_ms).await {
-            Ok(true) => return Ok(Recorded::Fresh),
+            Ok(true) => return self.wait_for_replicas().await.map(|()| Recorded::Fresh),
             Ok(false) => return Ok(self.replayed(&name).await),
             Err(e) => e,
         };
         // once more, on a connection the manager (or, with Sentinel, a new master) remade
         self.reset().await;
         match self.try_set(&name, &value, ttl_ms).await {
-            Ok(true) => Ok(Recorded::Fresh),
+            Ok(true) => self.wait_for_replicas().await.map(|()| Recorded::Fresh),
             Ok(false) => match self.holder(&name).await {
                 // the first attempt landed and only its reply was lost
-                Ok(Some(v)) if parse_value(&v).0 == attempt => Ok(Recorded::Fresh),
+                Ok(Some(v)) if parse_value(&v).0 == attempt => {
+                    self.wait_for_replicas().await.map(|()| Recorded::Fresh)
+                }
                 Ok(v) => Ok(Recorded::Replayed(v.and_then(|v| parse_value(&v).1))),
                 Err(e) => Err(self.fail(e)),
             },
@@ -311,6 +384,17 @@ impl ReplayStore for RedisStore {
     }
     fn kind(&self) -> &'static str {
         "redis"
+    }
+    fn readiness_problem(&self) -> Option<(String, bool)> {
+        let policy = self
+            .evicting_policy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        Some((
+            format!("Redis maxmemory-policy {policy} can evict replay keys (set noeviction)"),
+            self.eviction_check == EvictionCheck::Refuse,
+        ))
     }
     fn health(&self) -> super::HealthFuture<'_> {
         Box::pin(self.ping())

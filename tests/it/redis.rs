@@ -508,3 +508,81 @@ async fn each_record_keeps_its_first_use_for_replicas_to_report() {
     assert_eq!(from(&b, "203.0.113.9").await.reason(), Some("replayed"));
     assert_eq!(up.callbacks().len(), 1);
 }
+
+#[tokio::test]
+async fn a_redis_that_may_evict_replay_keys_keeps_the_gate_out_of_service() {
+    let redis = Redis::start(&["--maxmemory-policy", "volatile-lru"]).await;
+    let up = Upstream::start().await;
+    for (check, want, says) in [("refuse", 503, "not ready"), ("warn", 200, "warning")] {
+        let cfg = redis_gate_config(
+            &up,
+            &format!(
+                "redis_url = \"{}\"\nredis_eviction_check = \"{check}\"\n",
+                redis.url()
+            ),
+        )
+        .replace("[admin]\naddr = \"\"", "[admin]\naddr = \"127.0.0.1:0\"");
+        let gate = Gate::start(&cfg).await;
+        let ready = get(&format!("http://{}/readyz", gate.admin.unwrap())).await;
+        assert_eq!(ready.status.as_u16(), want, "{check}: {}", ready.text());
+        assert!(
+            ready.text().contains(&format!(
+                "replay store {says}: Redis maxmemory-policy volatile-lru"
+            )),
+            "{check}: {}",
+            ready.text()
+        );
+    }
+    // noeviction is ready
+    let safe = Redis::start(&[]).await;
+    let cfg = redis_gate_config(&up, &format!("redis_url = \"{}\"\n", safe.url()))
+        .replace("[admin]\naddr = \"\"", "[admin]\naddr = \"127.0.0.1:0\"");
+    let gate = Gate::start(&cfg).await;
+    let ready = get(&format!("http://{}/readyz", gate.admin.unwrap())).await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert!(
+        !ready.text().contains("maxmemory-policy"),
+        "{}",
+        ready.text()
+    );
+}
+
+#[tokio::test]
+async fn with_min_replicas_a_login_waits_for_a_replica_or_is_refused() {
+    let mut master = Redis::start(&[]).await;
+    let up = Upstream::start().await;
+    let cfg = redis_gate_config(
+        &up,
+        &format!(
+            "redis_url = \"{}\"\nredis_min_replicas = 1\nredis_replica_timeout = 0.2\n",
+            master.url()
+        ),
+    );
+    let gate = Gate::start(&cfg).await;
+    // no replica acknowledges: refused, nothing reaches GitLab
+    let got = get(&callback(&gate, &hs256(&claims("alone@x")))).await;
+    assert_eq!(
+        (got.status.as_u16(), got.reason()),
+        (503, Some("replay_store_unavailable"))
+    );
+    assert_eq!(up.callbacks().len(), 0);
+    // with a replica attached, the same kind of login goes through
+    let replica = Redis::start(&["--replicaof", "127.0.0.1", &master.port.to_string()]).await;
+    let mut ok = false;
+    for i in 0..50 {
+        let got = get(&callback(
+            &gate,
+            &hs256(&claims(&format!("replicated{i}@x"))),
+        ))
+        .await;
+        if got.status == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "no login went through once a replica acknowledged");
+    assert_eq!(up.callbacks().len(), 1);
+    drop(replica);
+    master.stop();
+}
