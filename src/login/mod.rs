@@ -23,7 +23,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 
 use crate::config::Config;
-use crate::replay::{FirstUse, Recorded, ReplayStore, StoreError};
+use crate::replay::{FirstUse, Recorded, ReplayStore, StoreError, TokenTimes};
 use crate::telemetry::metrics::METRICS;
 use params::{extract_token, ParamError, Part};
 pub use reason::Reason;
@@ -190,11 +190,22 @@ impl LoginGate {
         let (token, body) = self.extract(parts, body).await?;
         let now = crate::clock::unix_now();
         let verified = verifier.verify(&token, now, audit, &mut ())?;
+        if self
+            .store
+            .issued_floor()
+            .is_some_and(|floor| verified.iat < floor)
+        {
+            return Err(Reason::IssuedBeforeStoreEpoch);
+        }
         let use_ = FirstUse {
             at_ms: crate::clock::unix_now_ms(),
             client,
         };
-        self.record_first_use(&verified.replay_key, verified.expires_at, now, use_, audit)
+        let times = TokenTimes {
+            iat: verified.iat,
+            expires_at: verified.expires_at,
+        };
+        self.record_first_use(&verified.replay_key, times, now, use_, audit)
             .await?;
         wait_for_iat(verified.iat).await;
         Ok(Admitted {
@@ -245,19 +256,17 @@ impl LoginGate {
     async fn record_first_use(
         &self,
         key: &[u8; 32],
-        expires_at: i64,
+        times: TokenTimes,
         now: i64,
         use_: FirstUse,
         audit: &mut AuditInfo,
     ) -> Result<(), Reason> {
         let t_store = Instant::now();
-        let recorded = self
-            .store
-            .check_and_record(key, expires_at, now, use_)
-            .await;
+        let recorded = self.store.check_and_record(key, times, now, use_).await;
         METRICS.store_latency.observe(t_store.elapsed());
         match recorded {
             Ok(Recorded::Fresh) => Ok(()),
+            Ok(Recorded::BeforeEpoch) => Err(Reason::IssuedBeforeStoreEpoch),
             Ok(Recorded::Replayed(first)) => {
                 // a replay from another client is the signature of a stolen token
                 if first.is_some_and(|f| f.client != use_.client) {

@@ -72,6 +72,7 @@ reasons! {
     IatInFuture => "iat_in_future", UNAUTHORIZED, "iat lies too far in the future";
     IatTooOld => "iat_too_old", UNAUTHORIZED, "iat lies outside the valid_within window";
     IssuedBeforeStart => "issued_before_start", UNAUTHORIZED, "the token was issued before the gate started";
+    IssuedBeforeStoreEpoch => "issued_before_store_epoch", UNAUTHORIZED, "the token was issued before the replay store lost its records";
     JtiMissing => "jti_missing", UNAUTHORIZED, "jti is required";
     JtiInvalid => "jti_invalid", UNAUTHORIZED, "jti is not a non-empty string";
     UidMissing => "uid_missing", UNAUTHORIZED, "the uid claim is missing";

@@ -10,7 +10,7 @@ use std::time::Duration;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
-use super::{FirstUse, Recorded, ReplayStore, StoreError, StoreFuture};
+use super::{FirstUse, Recorded, ReplayStore, StoreError, StoreFuture, TokenTimes};
 
 /// One recorded token: until when it is live, and its first use.
 #[derive(Debug, Clone, Copy)]
@@ -97,11 +97,16 @@ impl ReplayStore for MemoryStore {
     fn check_and_record<'a>(
         &'a self,
         key: &'a [u8; 32],
-        expires_at: i64,
+        token: TokenTimes,
         now: i64,
         use_: FirstUse,
     ) -> StoreFuture<'a> {
-        Box::pin(std::future::ready(self.record(key, expires_at, now, use_)))
+        Box::pin(std::future::ready(self.record(
+            key,
+            token.expires_at,
+            now,
+            use_,
+        )))
     }
     fn entries(&self) -> Option<usize> {
         Some(self.count.load(Ordering::Acquire))

@@ -22,6 +22,15 @@ pub struct FirstUse {
     pub client: IpAddr,
 }
 
+/// A token's times, as the store needs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenTimes {
+    /// Its iat (unix seconds).
+    pub iat: i64,
+    /// The first whole second at which it can no longer pass: the record lives until then.
+    pub expires_at: i64,
+}
+
 /// Result of a check-and-record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
@@ -29,6 +38,9 @@ pub enum Recorded {
     Fresh,
     /// Seen before and still live; the first use, where the store could tell.
     Replayed(Option<FirstUse>),
+    /// Issued before the store lost its records (found while recording it): it may have
+    /// been used already.
+    BeforeEpoch,
 }
 
 /// Why the store could not prove a login unused. Both fail closed (503).
@@ -55,10 +67,12 @@ pub type HealthFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Se
 pub trait ReplayStore: Send + Sync + 'static {
     /// Atomically: if `key` is recorded and live at `now`, `Replayed` (with its first use);
     /// else record it with `use_` until `expires_at` (unix seconds) and answer `Fresh`.
+    /// `iat` is the token's: a store that finds it lost its records while recording answers
+    /// `BeforeEpoch` for a token issued before the loss.
     fn check_and_record<'a>(
         &'a self,
         key: &'a [u8; 32],
-        expires_at: i64,
+        token: TokenTimes,
         now: i64,
         use_: FirstUse,
     ) -> StoreFuture<'a>;
@@ -67,6 +81,12 @@ pub trait ReplayStore: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
     /// Start background upkeep (the memory store's sweeper), every `every`. Needs a runtime.
     fn start_maintenance(self: std::sync::Arc<Self>, _every: std::time::Duration) {}
+    /// Tokens issued before this unix second are refused: the store lost its records then
+    /// (a Redis restarted without persistence, flushed, or failed over to an empty replica),
+    /// so any of them may have been used already.
+    fn issued_floor(&self) -> Option<i64> {
+        None
+    }
     /// A standing reason the store cannot be trusted (a Redis that may evict replay keys),
     /// and whether it must keep the gate out of service (`/readyz`).
     fn readiness_problem(&self) -> Option<(String, bool)> {

@@ -22,7 +22,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{IntoConnectionInfo, RedisConnectionInfo};
 
-use super::{FirstUse, Recorded, ReplayStore, StoreError, StoreFuture};
+use super::{FirstUse, Recorded, ReplayStore, StoreError, StoreFuture, TokenTimes};
 pub use crate::config::{EvictionCheck, RedisSettings};
 
 enum Target {
@@ -41,6 +41,10 @@ pub struct RedisStore {
     eviction_check: EvictionCheck,
     /// The `maxmemory-policy` read at the last connect, when it could evict replay keys.
     evicting_policy: std::sync::Mutex<Option<String>>,
+    /// The store epoch this gate knows (`<unix seconds>-<random>` under `<prefix>epoch`).
+    epoch: std::sync::Mutex<Option<String>>,
+    /// Tokens issued before this unix second are refused (0: none).
+    floor: std::sync::atomic::AtomicI64,
     /// Failed round trips (metrics, logs).
     pub errors: AtomicU64,
 }
@@ -106,6 +110,8 @@ impl RedisStore {
             replica_timeout: s.replica_timeout,
             eviction_check: s.eviction_check,
             evicting_policy: std::sync::Mutex::new(None),
+            epoch: std::sync::Mutex::new(None),
+            floor: std::sync::atomic::AtomicI64::new(0),
             errors: AtomicU64::new(0),
         }))
     }
@@ -147,7 +153,81 @@ impl RedisStore {
         .map_err(|_| unavailable("connect timed out".into()))?
         .map_err(|e| unavailable(e.to_string()))?;
         self.check_eviction_policy(m.clone()).await;
+        let _ = self.check_epoch_on(m.clone()).await;
         Ok(m)
+    }
+
+    /// Records vanish silently when Redis restarts without persistence, is flushed, or fails
+    /// over to a replica that never had them. An epoch key, created once and never expiring,
+    /// tells: when it is missing or different from the one this gate knew, the records may be
+    /// gone, and every token issued before the new epoch's creation is refused from then on
+    /// (forwarded tokens never have an iat later than their use, so none of them can pass
+    /// twice). A missing epoch at the gate's start counts as a loss too. Checked at each
+    /// connect, on `/readyz` and every few seconds.
+    async fn check_epoch_on(&self, mut conn: ConnectionManager) -> bool {
+        let key = format!("{}epoch", self.prefix);
+        let get = |conn: &mut ConnectionManager| {
+            let mut conn = conn.clone();
+            let key = key.clone();
+            async move {
+                tokio::time::timeout(
+                    self.response_timeout,
+                    redis::cmd("GET")
+                        .arg(&key)
+                        .query_async::<Option<String>>(&mut conn),
+                )
+                .await
+                .ok()
+                .and_then(Result::ok)
+            }
+        };
+        let Some(current) = get(&mut conn).await else {
+            return false;
+        };
+        let (now_epoch, created) = match current {
+            Some(v) => (v, false),
+            None => {
+                let fresh = format!("{}-{}", crate::clock::unix_now(), random_hex16());
+                let _ = tokio::time::timeout(
+                    self.response_timeout,
+                    redis::cmd("SET")
+                        .arg(&key)
+                        .arg(&fresh)
+                        .arg("NX")
+                        .query_async::<Option<String>>(&mut conn),
+                )
+                .await;
+                // another gate may have created it first: take what Redis holds
+                match get(&mut conn).await.flatten() {
+                    Some(v) => (v, true),
+                    None => return false,
+                }
+            }
+        };
+        let mut known = self.epoch.lock().unwrap_or_else(|e| e.into_inner());
+        let lost = created || known.as_ref().is_some_and(|k| *k != now_epoch);
+        if lost {
+            let since: i64 = now_epoch
+                .split('-')
+                .next()
+                .and_then(|t| t.parse().ok())
+                .unwrap_or_else(crate::clock::unix_now);
+            // from the epoch's own second on: a record lost in that very second is the one
+            // edge left (sub-second; the memory store's restart closes it by waiting)
+            self.floor.fetch_max(since, Ordering::Relaxed);
+            tracing::error!(target: "jwt_gate::replay", epoch = %now_epoch, "the replay store's epoch is new: its records may have been lost (restart without persistence, flush, failover); tokens issued up to it are refused");
+        }
+        *known = Some(now_epoch);
+        lost
+    }
+
+    /// The epoch check on the current connection (periodic, `/readyz`, after a broken
+    /// connection): whether a loss was detected now.
+    pub async fn check_epoch(&self) -> bool {
+        match self.connection().await {
+            Ok(conn) => self.check_epoch_on(conn).await,
+            Err(_) => false,
+        }
     }
 
     /// Every replay key has a TTL: any `maxmemory-policy` but `noeviction` may drop one
@@ -281,6 +361,7 @@ impl RedisStore {
         &self,
         key: &[u8; 32],
         ttl_ms: i64,
+        iat: i64,
         use_: FirstUse,
     ) -> Result<Recorded, StoreError> {
         let name = self.key_name(key);
@@ -291,8 +372,13 @@ impl RedisStore {
             Ok(false) => return Ok(self.replayed(&name).await),
             Err(e) => e,
         };
-        // once more, on a connection the manager (or, with Sentinel, a new master) remade
+        // once more, on a connection the manager (or, with Sentinel, a new master) remade;
+        // a broken connection may mean a restarted Redis: when its epoch is new, this login
+        // fails closed, and the next one meets the refusal of older tokens
         self.reset().await;
+        if self.check_epoch().await && self.issued_floor().is_some_and(|f| iat < f) {
+            return Ok(Recorded::BeforeEpoch);
+        }
         match self.try_set(&name, &value, ttl_ms).await {
             Ok(true) => self.wait_for_replicas().await.map(|()| Recorded::Fresh),
             Ok(false) => match self.holder(&name).await {
@@ -341,6 +427,9 @@ fn parse_value(v: &str) -> (&str, Option<FirstUse>) {
     (attempt, first)
 }
 
+/// How often the epoch is checked besides each connect and `/readyz`.
+const EPOCH_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
 /// One attempt's value: 16 random bytes in hex, after a per-process counter so that two
 /// attempts differ even if the RNG were to fail.
 fn random_hex16() -> String {
@@ -366,7 +455,7 @@ impl ReplayStore for RedisStore {
     fn check_and_record<'a>(
         &'a self,
         key: &'a [u8; 32],
-        expires_at: i64,
+        token: TokenTimes,
         now: i64,
         use_: FirstUse,
     ) -> StoreFuture<'a> {
@@ -374,7 +463,8 @@ impl ReplayStore for RedisStore {
         // gets its 503 within it
         let deadline = self.connect_timeout + self.response_timeout * 2;
         Box::pin(async move {
-            tokio::time::timeout(deadline, self.set_nx(key, ttl_ms(expires_at, now), use_))
+            let ttl = ttl_ms(token.expires_at, now);
+            tokio::time::timeout(deadline, self.set_nx(key, ttl, token.iat, use_))
                 .await
                 .unwrap_or_else(|_| Err(self.fail("Redis did not answer in time".into())))
         })
@@ -384,6 +474,18 @@ impl ReplayStore for RedisStore {
     }
     fn kind(&self) -> &'static str {
         "redis"
+    }
+    fn issued_floor(&self) -> Option<i64> {
+        Some(self.floor.load(Ordering::Relaxed)).filter(|&f| f > 0)
+    }
+    fn start_maintenance(self: Arc<Self>, _every: Duration) {
+        crate::clock::spawn_periodic(
+            Arc::downgrade(&self),
+            EPOCH_CHECK_INTERVAL,
+            |store: Arc<RedisStore>| async move {
+                store.check_epoch().await;
+            },
+        );
     }
     fn readiness_problem(&self) -> Option<(String, bool)> {
         let policy = self
@@ -397,6 +499,10 @@ impl ReplayStore for RedisStore {
         ))
     }
     fn health(&self) -> super::HealthFuture<'_> {
-        Box::pin(self.ping())
+        Box::pin(async move {
+            let answered = self.ping().await;
+            self.check_epoch().await;
+            answered
+        })
     }
 }

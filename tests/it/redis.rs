@@ -89,6 +89,12 @@ impl Drop for Redis {
     }
 }
 
+/// The replay records in Redis (the store's epoch key aside).
+async fn replay_keys(c: &mut redis::aio::MultiplexedConnection) -> Vec<String> {
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(c).await.unwrap();
+    keys.into_iter().filter(|k| !k.ends_with("epoch")).collect()
+}
+
 fn redis_gate_config(up: &Upstream, replay: &str) -> String {
     config_text(
         up.addr,
@@ -155,11 +161,7 @@ async fn entries_live_until_the_token_could_no_longer_pass() {
     let token = hs256(&json!({"name": "N", "email": "ttl@x", "iat": n}));
     assert_eq!(get(&callback(&gate, &token)).await.status, 200);
     let mut c = redis.conn(None).await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("*")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let keys = replay_keys(&mut c).await;
     assert_eq!(keys.len(), 1, "{keys:?}");
     assert!(
         keys[0].starts_with("test:") && keys[0].len() == 5 + 64,
@@ -183,11 +185,7 @@ async fn entries_live_until_the_token_could_no_longer_pass() {
     let token =
         hs256(&json!({"name": "N", "email": "ttl2@x", "iat": n, "exp": n + 3600, "jti": "long"}));
     assert_eq!(get(&callback(&gate, &token)).await.status, 200);
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("*")
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let keys = replay_keys(&mut c).await;
     let mut ttls = Vec::new();
     for k in &keys {
         let t: i64 = redis::cmd("PTTL").arg(k).query_async(&mut c).await.unwrap();
@@ -287,8 +285,7 @@ async fn requirepass_with_a_password_file() {
         (503, Some("replay_store_unavailable"))
     );
     let mut c = redis.conn(Some("s3cret-pass")).await;
-    let n: i64 = redis::cmd("DBSIZE").query_async(&mut c).await.unwrap();
-    assert_eq!(n, 1);
+    assert_eq!(replay_keys(&mut c).await.len(), 1);
 }
 
 #[tokio::test]
@@ -353,8 +350,11 @@ async fn sentinel_resolves_the_master() {
         Some("replayed")
     );
     let mut c = redis.conn(None).await;
-    let n: i64 = redis::cmd("DBSIZE").query_async(&mut c).await.unwrap();
-    assert_eq!(n, 1, "the entry went to the master the sentinel named");
+    assert_eq!(
+        replay_keys(&mut c).await.len(),
+        1,
+        "the entry went to the master the sentinel named"
+    );
     drop(sentinel);
 }
 
@@ -489,11 +489,7 @@ async fn each_record_keeps_its_first_use_for_replicas_to_report() {
     assert_eq!(from(&a, "198.51.100.7").await.status, 200);
     // the record in Redis: <attempt>|<first use, ms>|<client>
     let mut conn = redis.conn(None).await;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("*")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let keys = replay_keys(&mut conn).await;
     let value: String = redis::cmd("GET")
         .arg(&keys[0])
         .query_async(&mut conn)
@@ -585,4 +581,57 @@ async fn with_min_replicas_a_login_waits_for_a_replica_or_is_refused() {
     assert_eq!(up.callbacks().len(), 1);
     drop(replica);
     master.stop();
+}
+
+#[tokio::test]
+async fn records_lost_to_a_flush_or_an_empty_restart_reopen_no_replay() {
+    let mut redis = Redis::start(&[]).await;
+    let up = Upstream::start().await;
+    let cfg = redis_gate_config(&up, &format!("redis_url = \"{}\"\n", redis.url()))
+        .replace("[admin]\naddr = \"\"", "[admin]\naddr = \"127.0.0.1:0\"");
+    let gate = Gate::start(&cfg).await;
+    let readyz = format!("http://{}/readyz", gate.admin.unwrap());
+    // a fresh Redis has no epoch yet: the gate creates it, refusing what came before
+    let _ = get(&readyz).await;
+    // a token used, then its record lost (a second later: the epoch is whole seconds)
+    let early = hs256(&claims("early@x"));
+    assert_eq!(get(&callback(&gate, &early)).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut conn = redis.conn(None).await;
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
+    // the gate notices (at /readyz here; every 5 s and at each reconnect in any case)
+    assert_eq!(get(&readyz).await.status, 200);
+    let got = get(&callback(&gate, &early)).await;
+    assert_eq!(
+        (got.status.as_u16(), got.reason()),
+        (401, Some("issued_before_store_epoch")),
+        "a token used before the flush passed again"
+    );
+    // tokens issued from the new epoch on sign in
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let fresh = hs256(&claims("after-flush@x"));
+    assert_eq!(get(&callback(&gate, &fresh)).await.status, 200);
+    // a restart without persistence is the same loss
+    let before_restart = hs256(&claims("before-restart@x"));
+    assert_eq!(get(&callback(&gate, &before_restart)).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    redis.stop();
+    redis.spawn().await;
+    // the first use of the broken connection finds the new epoch and fails closed; from
+    // then on the token is refused for what it is — it never passes
+    let mut last = None;
+    for _ in 0..30 {
+        let got = get(&callback(&gate, &before_restart)).await;
+        assert_ne!(
+            got.status, 200,
+            "a token used before the restart passed again"
+        );
+        last = got.reason().map(str::to_string);
+        if last.as_deref() == Some("issued_before_store_epoch") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(last.as_deref(), Some("issued_before_store_epoch"));
+    assert_eq!(up.callbacks().len(), 3);
 }
