@@ -30,15 +30,7 @@ fn check_accepts_the_example_config_once_its_placeholder_is_replaced_and_lists_e
         "{text}"
     );
     let dir = TempDir::new("check");
-    let example = std::fs::read_to_string(&example_path).unwrap();
-    let filled = dir.write(
-        "example.toml",
-        &example.replace(
-            "replace-me-with-the-identity-providers-shared-secret",
-            SECRET,
-        ),
-    );
-    let (code, text) = run_check(&filled);
+    let (code, text) = run_check(&filled_example(&dir));
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("configuration OK"));
     assert!(text.contains("single use"), "{text}");

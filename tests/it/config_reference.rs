@@ -112,14 +112,7 @@ fn the_example_shows_every_key() {
     );
     // and once its placeholder is replaced, check accepts it
     let dir = TempDir::new("example");
-    let filled = dir.write(
-        "example.toml",
-        &example.replace(
-            "replace-me-with-the-identity-providers-shared-secret",
-            SECRET,
-        ),
-    );
-    let (code, text) = run_check(&filled);
+    let (code, text) = run_check(&filled_example(&dir));
     assert_eq!(code, 0, "{text}");
 }
 

@@ -316,6 +316,17 @@ fn render_with(
     cmd.output().unwrap()
 }
 
+/// A webservice Service's Workhorse port entry.
+fn workhorse_port(service: &Yaml) -> Yaml {
+    service["spec"]["ports"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|p| s(&p["name"]) == "http-workhorse")
+        .expect("the Service has an http-workhorse port")
+        .clone()
+}
+
 fn of_kind<'a>(docs: &'a [Yaml], kind: &str) -> Vec<&'a Yaml> {
     docs.iter()
         .filter(|d| {
@@ -412,13 +423,7 @@ fn check_rendered_pods(docs: &[Yaml], toml: &str, want_deployments: &[&str]) {
     let services = of_kind(docs, "Service");
     assert_eq!(services.len(), deployments.len());
     for svc in services {
-        let port = svc["spec"]["ports"]
-            .as_vec()
-            .unwrap()
-            .iter()
-            .find(|p| s(&p["name"]) == "http-workhorse")
-            .unwrap()
-            .clone();
+        let port = workhorse_port(svc);
         assert_eq!(
             s(&port["targetPort"]),
             "jwt-gate",
@@ -906,13 +911,7 @@ fn the_standalone_topology_puts_a_gate_deployment_in_front_of_the_webservice_ser
     assert_eq!(s(&backend["serviceName"]), "jwt-gate");
     assert_eq!(backend["servicePort"].as_i64(), Some(listen));
     let web = named("Service", "gitlab-webservice-default");
-    let workhorse = web["spec"]["ports"]
-        .as_vec()
-        .unwrap()
-        .iter()
-        .find(|p| s(&p["name"]) == "http-workhorse")
-        .unwrap()
-        .clone();
+    let workhorse = workhorse_port(&web);
     assert_eq!(
         cfg["upstream"]["url"].as_str().unwrap(),
         format!(
