@@ -83,6 +83,7 @@ async fn phases(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> Resp
     // login
     let (body, identity, stats) = if route == Route::Callback {
         let client = real_client(&parts.headers, peer.ip(), &cfg.listen.trusted_proxies);
+        let bodiless = http_body::Body::is_end_stream(&body);
         let decided = match cfg.gate.mode {
             GateMode::Enforce => app
                 .gate
@@ -96,7 +97,7 @@ async fn phases(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> Resp
                 log.req_bytes_fixed = body.as_ref().map_or(0, |b| b.len() as u64);
                 (ReqBody::Full(body), identity, None)
             }
-            Err(refusal) => return login_refused(app, refusal, log, version),
+            Err(refusal) => return login_refused(app, refusal, bodiless, log, version),
         }
     } else {
         let stats = Arc::new(BodyStats::default());
@@ -209,6 +210,7 @@ fn guard(req: &Request<Incoming>, max_uri_bytes: usize) -> Result<(), Refusal> {
 fn login_refused(
     app: &App,
     refusal: LoginRefusal,
+    bodiless: bool,
     log: AccessLog,
     version: http::Version,
 ) -> Response<Logged> {
@@ -225,9 +227,10 @@ fn login_refused(
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
     }
-    // a refused callback's body may be unread: never parse what follows it (a 401 has
-    // read its body whole)
-    let close = reason.status() != StatusCode::UNAUTHORIZED;
+    // a refused callback's body may be unread: never parse what follows it. A 401 has
+    // read its body whole, and a request without a body leaves nothing behind, so those
+    // keep the connection (a throttled flood then costs no reconnect per 429)
+    let close = !(bodiless || reason.status() == StatusCode::UNAUTHORIZED);
     answer(resp, reason.code(), log, version, close)
 }
 

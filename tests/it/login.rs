@@ -626,3 +626,31 @@ async fn rejection_pages_echo_nothing_and_are_not_cached() {
     }
     assert_eq!(up.callbacks().len(), 0);
 }
+
+#[tokio::test]
+async fn a_refused_callback_without_a_body_keeps_the_connection_and_one_with_a_body_closes_it() {
+    let (up, gate) = hs_gate("").await;
+    // two requests on one connection: the refused bodiless callback, then a page
+    let r = raw(
+        gate.addr,
+        b"GET /users/auth/jwt/callback?jwt=a&jwt=b HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    assert!(
+        r.contains("upstream saw GET /after"),
+        "the connection was closed: {r}"
+    );
+    // with an unread body, the bytes after it are never parsed as a request
+    let r = raw(
+        gate.addr,
+        b"PUT /users/auth/jwt/callback HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 405"), "{r}");
+    assert!(r.to_ascii_lowercase().contains("connection: close"), "{r}");
+    assert!(up.seen().iter().all(|s| s.target != "/smuggled"));
+    assert_eq!(up.callbacks().len(), 0);
+}
