@@ -166,41 +166,21 @@ impl RedisStore {
     /// connect, on `/readyz` and every few seconds.
     async fn check_epoch_on(&self, mut conn: ConnectionManager) -> bool {
         let key = format!("{}epoch", self.prefix);
-        let get = |conn: &mut ConnectionManager| {
-            let mut conn = conn.clone();
-            let key = key.clone();
-            async move {
-                tokio::time::timeout(
-                    self.response_timeout,
-                    redis::cmd("GET")
-                        .arg(&key)
-                        .query_async::<Option<String>>(&mut conn),
-                )
-                .await
-                .ok()
-                .and_then(Result::ok)
-            }
-        };
-        let Some(current) = get(&mut conn).await else {
+        let get = redis::cmd("GET").arg(&key).clone();
+        let limit = self.response_timeout;
+        let Ok(current) = ask::<Option<String>>(&mut conn, &get, limit).await else {
             return false;
         };
         let (now_epoch, created) = match current {
             Some(v) => (v, false),
             None => {
                 let fresh = format!("{}-{}", crate::clock::unix_now(), random_hex16());
-                let _ = tokio::time::timeout(
-                    self.response_timeout,
-                    redis::cmd("SET")
-                        .arg(&key)
-                        .arg(&fresh)
-                        .arg("NX")
-                        .query_async::<Option<String>>(&mut conn),
-                )
-                .await;
+                let set = redis::cmd("SET").arg(&key).arg(&fresh).arg("NX").clone();
+                let _ = ask::<Option<String>>(&mut conn, &set, limit).await;
                 // another gate may have created it first: take what Redis holds
-                match get(&mut conn).await.flatten() {
-                    Some(v) => (v, true),
-                    None => return false,
+                match ask::<Option<String>>(&mut conn, &get, limit).await {
+                    Ok(Some(v)) => (v, true),
+                    _ => return false,
                 }
             }
         };
@@ -234,18 +214,14 @@ impl RedisStore {
     /// under memory pressure (`volatile-*` evict exactly the keys with a TTL), and every
     /// token still inside its window becomes replayable. Read at each connect.
     async fn check_eviction_policy(&self, mut conn: ConnectionManager) {
-        let reply = tokio::time::timeout(
-            self.response_timeout,
-            redis::cmd("CONFIG")
-                .arg("GET")
-                .arg("maxmemory-policy")
-                .query_async::<Vec<String>>(&mut conn),
-        )
-        .await;
-        let policy = match reply {
-            Ok(Ok(v)) => v.get(1).cloned(),
-            _ => None,
-        };
+        let cmd = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .clone();
+        let policy = ask::<Vec<String>>(&mut conn, &cmd, self.response_timeout)
+            .await
+            .ok()
+            .and_then(|v| v.get(1).cloned());
         let risky = match policy.as_deref() {
             Some("noeviction") => None,
             Some(p) => Some(p.to_string()),
@@ -272,22 +248,18 @@ impl RedisStore {
             return Ok(());
         }
         let mut conn = self.connection().await?;
-        let acked = tokio::time::timeout(
-            self.replica_timeout + self.response_timeout,
-            redis::cmd("WAIT")
-                .arg(self.min_replicas)
-                .arg(self.replica_timeout.as_millis() as u64)
-                .query_async::<i64>(&mut conn),
-        )
-        .await;
-        match acked {
-            Ok(Ok(n)) if n >= i64::from(self.min_replicas) => Ok(()),
-            Ok(Ok(n)) => Err(self.fail(format!(
+        let wait = redis::cmd("WAIT")
+            .arg(self.min_replicas)
+            .arg(self.replica_timeout.as_millis() as u64)
+            .clone();
+        let limit = self.replica_timeout + self.response_timeout;
+        match ask::<i64>(&mut conn, &wait, limit).await {
+            Ok(n) if n >= i64::from(self.min_replicas) => Ok(()),
+            Ok(n) => Err(self.fail(format!(
                 "acknowledged by {n} of the {} replicas required",
                 self.min_replicas
             ))),
-            Ok(Err(e)) => Err(self.fail(e.to_string())),
-            Err(_) => Err(self.fail("WAIT did not answer in time".into())),
+            Err(e) => Err(self.fail(e)),
         }
     }
 
@@ -315,35 +287,22 @@ impl RedisStore {
     /// One `SET NX` with this attempt's value, within the response timeout.
     async fn try_set(&self, name: &str, attempt: &str, ttl_ms: i64) -> Result<bool, String> {
         let mut conn = self.connection().await.map_err(|e| e.to_string())?;
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(name).arg(attempt).arg("NX").arg("PX").arg(ttl_ms);
-        match tokio::time::timeout(
-            self.response_timeout,
-            cmd.query_async::<Option<String>>(&mut conn),
-        )
-        .await
-        {
-            Err(_) => Err("Redis did not answer in time".into()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Ok(Ok(set)) => Ok(set.is_some()),
-        }
+        let set = redis::cmd("SET")
+            .arg(name)
+            .arg(attempt)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .clone();
+        let reply = ask::<Option<String>>(&mut conn, &set, self.response_timeout).await?;
+        Ok(reply.is_some())
     }
 
     /// Who holds `name` now: the value written by the attempt that recorded it.
     async fn holder(&self, name: &str) -> Result<Option<String>, String> {
         let mut conn = self.connection().await.map_err(|e| e.to_string())?;
-        match tokio::time::timeout(
-            self.response_timeout,
-            redis::cmd("GET")
-                .arg(name)
-                .query_async::<Option<String>>(&mut conn),
-        )
-        .await
-        {
-            Err(_) => Err("Redis did not answer in time".into()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Ok(Ok(v)) => Ok(v),
-        }
+        let get = redis::cmd("GET").arg(name).clone();
+        ask(&mut conn, &get, self.response_timeout).await
     }
 
     /// A replay: read who holds the key (one more round trip, for replays only).
@@ -400,16 +359,23 @@ impl RedisStore {
     /// PING within the response timeout (for `/readyz`).
     pub async fn ping(&self) -> Result<(), String> {
         let mut conn = self.connection().await.map_err(|e| e.to_string())?;
-        match tokio::time::timeout(
-            self.response_timeout,
-            redis::cmd("PING").query_async::<String>(&mut conn),
-        )
-        .await
-        {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("PING timed out".into()),
-        }
+        ask::<String>(&mut conn, &redis::cmd("PING"), self.response_timeout)
+            .await
+            .map(drop)
+    }
+}
+
+/// One command within `limit`: its reply, or why there is none. Every call the store makes
+/// is bounded so: a Redis that stops answering costs a login its deadline, never more.
+async fn ask<T: redis::FromRedisValue>(
+    conn: &mut ConnectionManager,
+    cmd: &redis::Cmd,
+    limit: Duration,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, cmd.query_async::<T>(conn)).await {
+        Err(_) => Err("Redis did not answer in time".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(v)) => Ok(v),
     }
 }
 
