@@ -2,7 +2,7 @@
 //! plain-HTTP redirect listener, and graceful drain. [`start`] is the one entry point, for
 //! `main` and for the tests alike. The request path itself is `pipeline`.
 
-pub mod budget;
+mod budget;
 mod pipeline;
 mod redirect;
 
