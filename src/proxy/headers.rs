@@ -90,6 +90,20 @@ fn folded(s: &str) -> Vec<u8> {
     s.bytes().map(fold).collect()
 }
 
+/// Whether `s` starts with `pat` (already folded), comparing `s` folded.
+fn starts_folded(s: &[u8], pat: &[u8]) -> bool {
+    s.len() >= pat.len() && s.iter().zip(pat).all(|(&a, &b)| fold(a) == b)
+}
+
+/// Remove every header whose name `doomed` picks (the names are collected first: a map
+/// cannot be changed while it is walked).
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    let names: Vec<HeaderName> = headers.keys().filter(|k| doomed(k)).cloned().collect();
+    for k in names {
+        headers.remove(k);
+    }
+}
+
 impl IdentityHeaders {
     pub fn new(prefix: &str, names: &[&HeaderName]) -> IdentityHeaders {
         let mut prefixes = vec![b"x-auth-request-".to_vec()];
@@ -105,26 +119,16 @@ impl IdentityHeaders {
 
     pub fn matches(&self, name: &HeaderName) -> bool {
         let n = name.as_str().as_bytes();
-        let eq_folded = |pat: &[u8], s: &[u8]| s.iter().zip(pat).all(|(&a, &b)| fold(a) == b);
-        self.prefixes
-            .iter()
-            .any(|p| n.len() >= p.len() && eq_folded(p, &n[..p.len()]))
+        self.prefixes.iter().any(|p| starts_folded(n, p))
             || self
                 .names
                 .iter()
-                .any(|p| n.len() == p.len() && eq_folded(p, n))
+                .any(|p| n.len() == p.len() && starts_folded(n, p))
     }
 
     /// Remove every client-sent identity header.
     pub fn strip(&self, headers: &mut HeaderMap) {
-        let doomed: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| self.matches(k))
-            .cloned()
-            .collect();
-        for k in doomed {
-            headers.remove(k);
-        }
+        remove_where(headers, |k| self.matches(k));
     }
 }
 
@@ -148,24 +152,18 @@ fn claims_client_address(name: &str) -> bool {
     ];
     const PREFIXES: [&[u8]; 2] = [b"x-forwarded-", b"x-original-"];
     let n = name.as_bytes();
-    let eq_folded = |pat: &[u8], s: &[u8]| s.iter().zip(pat).all(|(&a, &b)| fold(a) == b);
-    EXACT.iter().any(|p| n.len() == p.len() && eq_folded(p, n))
+    EXACT
+        .iter()
+        .any(|p| n.len() == p.len() && starts_folded(n, p))
         || PREFIXES
             .iter()
-            .any(|p| n.len() > p.len() && eq_folded(p, &n[..p.len()]))
+            .any(|p| n.len() > p.len() && starts_folded(n, p))
 }
 
 /// From an untrusted peer, every header that claims the client's address is removed before
 /// the gate sets what it knows.
 fn strip_client_address_claims(headers: &mut HeaderMap) {
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| claims_client_address(k.as_str()))
-        .cloned()
-        .collect();
-    for k in doomed {
-        headers.remove(k);
-    }
+    remove_where(headers, |k| claims_client_address(k.as_str()));
 }
 
 /// The client's address: the peer, or behind trusted proxies the right-most address of
