@@ -48,6 +48,12 @@ pub struct Config {
 pub struct ConfigErrors(pub Vec<String>);
 
 impl Config {
+    /// How far ahead an iat may lie: `max_future_skew`, bounded by `valid_within` because
+    /// GitLab's own window (`|now - iat| <= valid_within`) is symmetric.
+    pub fn future_skew(&self) -> u64 {
+        self.gate.max_future_skew.min(self.provider.valid_within)
+    }
+
     /// Read and validate a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path)

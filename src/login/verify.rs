@@ -128,9 +128,7 @@ impl Verifier {
             user_header: cfg.gate.user_header.clone(),
             info_headers: cfg.gate.info_headers.clone(),
             valid_within: cfg.provider.valid_within as i64,
-            // GitLab refuses |now - iat| > valid_within: a future iat is bounded by the
-            // window too, whatever max_future_skew allows
-            max_future_skew: cfg.gate.max_future_skew.min(cfg.provider.valid_within) as i64,
+            max_future_skew: cfg.future_skew() as i64,
             require_jti: cfg.gate.require_jti,
             not_issued_before,
         }

@@ -42,7 +42,8 @@ pub fn beyond_gitlab(cfg: &Config) -> Vec<String> {
         "exp and nbf must be numbers when present (GitLab turns a non-numeric exp into 0)".to_string(),
         format!(
             "iat required and an integer, at most {} s old and at most {} s in the future (GitLab's window is symmetric)",
-            p.valid_within, g.max_future_skew
+            p.valid_within,
+            cfg.future_skew()
         ),
         format!("{} must be a non-empty string; identity values free of control characters", p.uid_claim),
         "one unambiguous jwt parameter: no repeats, no ';', no Rack key spellings, no multipart, query or form body, not both".to_string(),
