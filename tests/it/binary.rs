@@ -607,31 +607,14 @@ async fn a_refused_replay_says_when_and_from_where_the_token_was_first_used() {
         &format!("[listen]\naddr = \"127.0.0.1:0\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n[admin]\naddr = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://{}\"\n[provider]\nsecret = \"{SECRET}\"\n", up.addr),
     );
     let g = run_bin(&cfg).await;
-    let c = client();
-    let from = |who: &'static str, token: String| {
-        send(
-            &c,
-            Request::get(format!(
-                "http://{}/users/auth/jwt/callback?jwt={token}",
-                g.addr
-            ))
-            .header("x-forwarded-for", who)
-            .body(Full::new(Bytes::new()))
-            .unwrap(),
-        )
-    };
     let token = hs256(&claims("victim@x"));
+    let url = format!("http://{}/users/auth/jwt/callback?jwt={token}", g.addr);
+    let from = |who: &'static str| get_from(&url, who);
     let before_ms = now() * 1000;
-    assert_eq!(from("198.51.100.7", token.clone()).await.status, 200);
+    assert_eq!(from("198.51.100.7").await.status, 200);
     // the same client again (a double-click), then another one (a stolen token)
-    assert_eq!(
-        from("198.51.100.7", token.clone()).await.reason(),
-        Some("replayed")
-    );
-    assert_eq!(
-        from("203.0.113.9", token.clone()).await.reason(),
-        Some("replayed")
-    );
+    assert_eq!(from("198.51.100.7").await.reason(), Some("replayed"));
+    assert_eq!(from("203.0.113.9").await.reason(), Some("replayed"));
     let admin = g.admin.unwrap();
     assert_eq!(
         metric(admin, "jwt_gate_replay_other_client_total").await,

@@ -707,3 +707,15 @@ pub fn filled_example(dir: &TempDir) -> PathBuf {
         ),
     )
 }
+
+/// GET `url` as if through a trusted proxy on behalf of `client` (`X-Forwarded-For`).
+pub async fn get_from(url: &str, client_addr: &str) -> Got {
+    send(
+        &client(),
+        Request::get(url)
+            .header("x-forwarded-for", client_addr)
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await
+}

@@ -165,16 +165,9 @@ async fn at_the_cap_with_every_connection_busy_new_ones_are_refused_and_none_cut
     );
 }
 
-/// A callback sent as if through the trusted proxy on behalf of `client`.
+/// A callback sent as if through the trusted proxy on behalf of `from`.
 async fn callback_from(gate: &Gate, from: &str, token: &str) -> Got {
-    send(
-        &client(),
-        http::Request::get(callback(gate, token))
-            .header("x-forwarded-for", from)
-            .body(http_body_util::Full::new(bytes::Bytes::new()))
-            .unwrap(),
-    )
-    .await
+    get_from(&callback(gate, token), from).await
 }
 
 #[tokio::test]

@@ -7,9 +7,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::common::*;
-use bytes::Bytes;
-use http::Request;
-use http_body_util::Full;
 use serde_json::json;
 
 /// A real redis-server on a free port (and optionally a unix socket), killed on drop.
@@ -475,18 +472,11 @@ async fn each_record_keeps_its_first_use_for_replicas_to_report() {
     );
     let (a, b) = (Gate::start(&cfg).await, Gate::start(&cfg).await);
     let token = hs256(&claims("forensics@x"));
-    let c = client();
-    let from = |gate: &Gate, who: &str| {
-        send(
-            &c,
-            Request::get(callback(gate, &token))
-                .header("x-forwarded-for", who)
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-    };
     let before_ms = now() * 1000;
-    assert_eq!(from(&a, "198.51.100.7").await.status, 200);
+    assert_eq!(
+        get_from(&callback(&a, &token), "198.51.100.7").await.status,
+        200
+    );
     // the record in Redis: <attempt>|<first use, ms>|<client>
     let mut conn = redis.conn(None).await;
     let keys = replay_keys(&mut conn).await;
@@ -501,7 +491,12 @@ async fn each_record_keeps_its_first_use_for_replicas_to_report() {
     assert!(at >= before_ms && at <= now() * 1000 + 1000, "{value}");
     assert_eq!(parts[2], "198.51.100.7");
     // the other replica refuses the replay from elsewhere
-    assert_eq!(from(&b, "203.0.113.9").await.reason(), Some("replayed"));
+    assert_eq!(
+        get_from(&callback(&b, &token), "203.0.113.9")
+            .await
+            .reason(),
+        Some("replayed")
+    );
     assert_eq!(up.callbacks().len(), 1);
 }
 
