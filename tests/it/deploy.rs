@@ -954,3 +954,53 @@ fn the_standalone_topology_puts_a_gate_deployment_in_front_of_the_webservice_ser
     assert!(!two.status.success());
     assert!(String::from_utf8_lossy(&two.stderr).contains("standalone covers one"));
 }
+
+/// Evaluates a gitlab.rb the way Omnibus does (a Ruby file assigning into auto-vivifying
+/// settings hashes) and returns every setting it made, as JSON text.
+fn gitlab_rb_settings(path: &str) -> serde_json::Value {
+    const EVAL: &str = r#"
+require 'json'
+vivify = ->(h, k) { h[k] = Hash.new(&vivify) }
+$settings = Hash.new { |h, k| h[k] = Hash.new(&vivify) }
+%w[nginx registry_nginx pages_nginx letsencrypt gitlab_rails].each do |name|
+  define_method(name) { $settings[name] }
+end
+%w[external_url registry_external_url pages_external_url].each do |name|
+  define_method(name) { |url| $settings['urls'][name] = url }
+end
+eval(File.read(ARGV[0]), binding, ARGV[0])
+puts JSON.generate($settings)
+"#;
+    let out = Command::new("ruby")
+        .args(["-e", EVAL, &repo(path).to_string_lossy()])
+        .output()
+        .expect("ruby is needed to evaluate gitlab.rb (scripts/test installs it)");
+    assert!(
+        out.status.success(),
+        "{path}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn gitlab_rb_for_19_2_sets_what_the_older_spelling_sets() {
+    let old = gitlab_rb_settings("deploy/omnibus/gitlab.rb.snippet");
+    let new = gitlab_rb_settings("deploy/omnibus/gitlab.rb.snippet-19.2");
+    // the GitLab vhost's settings, moved under gitlab_rails['nginx'] and nothing else changed
+    assert_eq!(old["nginx"], new["gitlab_rails"]["nginx"]);
+    assert_eq!(old["nginx"]["listen_port"], 8480);
+    assert_eq!(
+        old["nginx"]["listen_addresses"],
+        serde_json::json!(["127.0.0.1"])
+    );
+    assert!(
+        new.get("nginx").is_none(),
+        "19.2 snippet still uses nginx[...]"
+    );
+    for same in ["registry_nginx", "pages_nginx", "letsencrypt", "urls"] {
+        assert_eq!(old[same], new[same], "{same}");
+        assert!(old[same].is_object(), "{same} missing");
+    }
+    assert_eq!(old["letsencrypt"]["enable"], true);
+}
