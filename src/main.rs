@@ -93,12 +93,19 @@ fn init_logging(format: LogFormat, level: Option<&str>) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // colours only on a terminal: escape codes in `kubectl logs` or a journal are noise
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    // every line goes through one buffer and a writer thread (telemetry::logbuf): no
+    // request waits on stdout; main flushes it before exiting
+    jwt_gate::telemetry::logbuf::start();
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(true)
-        .with_ansi(ansi);
+        .with_ansi(ansi)
+        .with_writer(jwt_gate::telemetry::logbuf::MakeBuffered);
     match format {
-        LogFormat::Json => b.json().flatten_event(true).init(),
+        LogFormat::Json => {
+            jwt_gate::telemetry::access::use_json(true);
+            b.json().flatten_event(true).init()
+        }
         LogFormat::Text => b.init(),
     }
 }
@@ -186,7 +193,10 @@ where
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(f()) {
+    let result = rt.block_on(f());
+    // every log line written before the exit (SIGTERM included: run returns after draining)
+    jwt_gate::telemetry::logbuf::flush();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("jwt-gate: {e}");

@@ -85,6 +85,7 @@ impl Body for ReqBody {
 /// What goes back to the client: the upstream's body, streamed, or a page of the gate's.
 pub enum RespBody {
     Upstream(Incoming),
+    Pooled(super::pool::PooledBody),
     Full(Option<Bytes>),
 }
 
@@ -104,6 +105,7 @@ impl Body for RespBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RespBody::Upstream(b) => poll_incoming(b, cx),
+            RespBody::Pooled(b) => Pin::new(b).poll_frame(cx),
             RespBody::Full(b) => poll_full(b),
         }
     }
@@ -111,6 +113,7 @@ impl Body for RespBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RespBody::Upstream(b) => b.is_end_stream(),
+            RespBody::Pooled(b) => b.is_end_stream(),
             RespBody::Full(b) => b.is_none(),
         }
     }
@@ -118,6 +121,7 @@ impl Body for RespBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RespBody::Upstream(b) => b.size_hint(),
+            RespBody::Pooled(b) => b.size_hint(),
             RespBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
@@ -167,18 +171,17 @@ impl Drop for Logged {
                 .req_bytes
                 .as_ref()
                 .map_or(l.req_bytes_fixed, |c| c.bytes.load(Ordering::Relaxed));
-            tracing::info!(
-                target: "jwt_gate::access",
-                method = %l.method,
-                path = %l.path,
-                status = l.status,
-                bytes_in = req_bytes,
-                bytes_out = self.sent,
-                total_ms = l.start.elapsed().as_secs_f64() * 1e3,
-                upstream_ms = l.upstream.map_or(-1.0, |d| d.as_secs_f64() * 1e3),
-                client = %l.client,
-                reason = l.reason.unwrap_or("-"),
-            );
+            crate::telemetry::access::log(&crate::telemetry::access::AccessLine {
+                method: l.method.as_str(),
+                path: &l.path,
+                status: l.status,
+                bytes_in: req_bytes,
+                bytes_out: self.sent,
+                total: l.start.elapsed(),
+                upstream: l.upstream,
+                client: l.client,
+                reason: l.reason,
+            });
         }
     }
 }

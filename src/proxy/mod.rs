@@ -7,9 +7,11 @@
 pub mod body;
 pub mod headers;
 pub mod pages;
+pub mod pool;
 
 use std::error::Error as _;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderName, HeaderValue};
@@ -29,6 +31,9 @@ use crate::config::UpstreamConfig;
 
 pub struct Proxy {
     client: Client<HttpsConnector<HttpConnector>, ReqBody>,
+    /// The gate's own pool for plain HTTP/1.1 upstreams (`None` for https:// or HTTP/2,
+    /// which go through `client`, as do upgrades).
+    pool: Option<Arc<pool::Pool>>,
     scheme: Scheme,
     authority: Authority,
     response_header_timeout: Duration,
@@ -90,8 +95,17 @@ impl Proxy {
         if up.http2 {
             builder.http2_only(true);
         }
+        let plain_h1 = up.url.scheme() == Some(&Scheme::HTTP) && !up.http2;
         Proxy {
             client: builder.build(connector),
+            pool: plain_h1.then(|| {
+                pool::Pool::new(
+                    up.authority.clone(),
+                    up.connect_timeout,
+                    up.pool_idle_timeout,
+                    up.pool_max_idle_per_host,
+                )
+            }),
             scheme: up.url.scheme().cloned().unwrap_or(Scheme::HTTP),
             authority: up
                 .url
@@ -176,10 +190,23 @@ impl Proxy {
 
     async fn send(&self, req: Request<ReqBody>, client_upgrade: Option<OnUpgrade>) -> Forwarded {
         let t0 = Instant::now();
+        if let (Some(pool), None) = (&self.pool, &client_upgrade) {
+            let result = tokio::time::timeout(self.response_header_timeout, pool.send(req)).await;
+            let elapsed = Some(t0.elapsed());
+            return match result {
+                Err(_) => error_page(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", elapsed),
+                Ok(Err(e)) => {
+                    let (status, reason) = classify_pool_error(&e);
+                    tracing::warn!(target: "jwt_gate::upstream", error = %e, reason, "upstream request failed");
+                    error_page(status, reason, elapsed)
+                }
+                Ok(Ok(resp)) => self.answer(resp.map(RespBody::Pooled), None, elapsed),
+            };
+        }
         let fut = self.client.request(req);
         let result = tokio::time::timeout(self.response_header_timeout, fut).await;
         let elapsed = Some(t0.elapsed());
-        let mut resp = match result {
+        let resp = match result {
             Err(_) => return error_page(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", elapsed),
             Ok(Err(e)) => {
                 let (status, reason) = classify_error(&e);
@@ -188,6 +215,17 @@ impl Proxy {
             }
             Ok(Ok(r)) => r,
         };
+        self.answer(resp.map(RespBody::Upstream), client_upgrade, elapsed)
+    }
+
+    /// The upstream's response, hop-by-hop headers out; a 101 opens the tunnel when the
+    /// client asked for an upgrade, and is refused otherwise.
+    fn answer(
+        &self,
+        mut resp: Response<RespBody>,
+        client_upgrade: Option<OnUpgrade>,
+        elapsed: Option<Duration>,
+    ) -> Forwarded {
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switching {
             let Some(client_up) = client_upgrade else {
@@ -214,7 +252,7 @@ impl Proxy {
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, switching);
         Forwarded {
-            response: Response::from_parts(parts, RespBody::Upstream(body)),
+            response: Response::from_parts(parts, body),
             upstream: elapsed,
             reason: None,
         }
@@ -230,6 +268,16 @@ fn error_page(status: StatusCode, reason: &'static str, upstream: Option<Duratio
         response: pages::page(status, reason, detail, None),
         upstream,
         reason: Some(reason),
+    }
+}
+
+fn classify_pool_error(e: &pool::SendError) -> (StatusCode, &'static str) {
+    match e {
+        pool::SendError::ConnectTimeout => {
+            (StatusCode::GATEWAY_TIMEOUT, "upstream_connect_timeout")
+        }
+        pool::SendError::Connect(_) => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
+        pool::SendError::Http(_) => (StatusCode::BAD_GATEWAY, "upstream_bad_response"),
     }
 }
 

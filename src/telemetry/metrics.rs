@@ -84,6 +84,7 @@ pub struct Metrics {
     connections: AtomicU64,
     connections_refused: AtomicU64,
     connections_idle_closed: AtomicU64,
+    upstream_connections_opened: AtomicU64,
     report_would_refuse: AtomicU64,
     replay_other_client: AtomicU64,
     logins: [AtomicU64; MAX_REASONS],
@@ -102,6 +103,7 @@ pub static METRICS: Metrics = Metrics {
     connections: AtomicU64::new(0),
     connections_refused: AtomicU64::new(0),
     connections_idle_closed: AtomicU64::new(0),
+    upstream_connections_opened: AtomicU64::new(0),
     report_would_refuse: AtomicU64::new(0),
     replay_other_client: AtomicU64::new(0),
     logins: [const { AtomicU64::new(0) }; MAX_REASONS],
@@ -156,6 +158,10 @@ impl Metrics {
     }
 
     /// A connection closed for idling (or to make room at the cap).
+    pub fn upstream_connection_opened(&self) {
+        self.upstream_connections_opened.fetch_add(1, Relaxed);
+    }
+
     pub fn connection_idle_closed(&self) {
         self.connections_idle_closed.fetch_add(1, Relaxed);
     }
@@ -305,6 +311,19 @@ impl Collector for GateCollector {
             "connections_idle_closed",
             "Client connections closed with no request in flight: idle too long, or to make room at max_connections.",
             m.connections_idle_closed.load(Relaxed),
+        )?;
+
+        counter(
+            &mut enc,
+            "upstream_connections_opened",
+            "Connections the gate opened to a plain-HTTP upstream; requests per connection is the keep-alive reuse.",
+            m.upstream_connections_opened.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "log_lines_dropped",
+            "Log lines dropped because stdout stopped taking them (64 MiB waiting).",
+            super::logbuf::dropped(),
         )?;
 
         // logins

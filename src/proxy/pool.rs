@@ -1,0 +1,306 @@
+//! The upstream connection pool for plain HTTP/1.1 upstreams (Workhorse, Omnibus nginx on
+//! loopback: the sidecar's case), on hyper's low-level `client::conn::http1`.
+//!
+//! Why not hyper-util's pooled client: it runs each upstream connection in a task of its own,
+//! hands every request to that task through a channel and the response back through a
+//! oneshot, and checks connections out of a SipHash-keyed map behind a mutex. Those are two
+//! task wake-ups per request that nginx does not pay. Here the request's own task drives the
+//! connection: while waiting for the response head, and then from inside the response body,
+//! which the client connection polls as it writes. There is one upstream, so the idle list
+//! is a plain LIFO stack (the warmest connection first) with no key.
+//!
+//! A connection goes back to the pool only when its response body has been read to the end;
+//! one dropped earlier (client gone mid-download) is closed, as the message on it is not
+//! finished. Idle connections are not polled; checkout polls one once, which reads a close
+//! the upstream sent meanwhile, and takes the next one if it was closed.
+
+use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::body::{BoxError, ReqBody};
+
+type Driver = http1::Connection<TokioIo<TcpStream>, ReqBody>;
+
+/// One upstream connection: the handle requests are sent on and the future that does the
+/// connection's reading and writing.
+struct ConnParts {
+    sender: http1::SendRequest<ReqBody>,
+    driver: Driver,
+}
+
+/// Boxed: the connection's state is about a kilobyte, and it moves from the idle list into
+/// the request's future and on into the response body (callgrind: unboxed, the extra
+/// `memcpy` cost more than the channel hop this pool saves).
+type Conn = Box<ConnParts>;
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+/// Why a request could not be sent upstream.
+#[derive(Debug)]
+pub enum SendError {
+    ConnectTimeout,
+    Connect(std::io::Error),
+    Http(hyper::Error),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::ConnectTimeout => f.write_str("connect timed out"),
+            SendError::Connect(e) => write!(f, "connect failed: {e}"),
+            SendError::Http(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+pub struct Pool {
+    authority: String,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+    idle: Mutex<Vec<Idle>>,
+}
+
+impl Pool {
+    pub fn new(
+        authority: String,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        max_idle: usize,
+    ) -> Arc<Pool> {
+        Arc::new(Pool {
+            authority,
+            connect_timeout,
+            idle_timeout,
+            max_idle,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Send one request and wait for the response head, driving the connection meanwhile.
+    /// A request that a reused connection could not take (closed by the upstream while
+    /// idle) is sent again on another; one that was written is never sent twice.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<ReqBody>,
+    ) -> Result<Response<PooledBody>, SendError> {
+        loop {
+            let (mut conn, reused) = match self.checkout().await {
+                Some(c) => (c, true),
+                None => (self.connect().await?, false),
+            };
+            let sent = conn.sender.try_send_request(req);
+            match drive_until(&mut conn.driver, sent).await {
+                Ok(resp) => {
+                    let pool = Arc::clone(self);
+                    return Ok(resp.map(|body| PooledBody {
+                        body,
+                        conn: Some(conn),
+                        pool,
+                    }));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => req = unsent,
+                    _ => return Err(SendError::Http(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The most recently used idle connection that is still open and ready.
+    async fn checkout(&self) -> Option<Conn> {
+        loop {
+            let idle = {
+                let mut list = self.idle.lock().ok()?;
+                let idle = list.pop()?;
+                if idle.since.elapsed() >= self.idle_timeout {
+                    // the newest has expired, so have all the older ones
+                    list.clear();
+                    return None;
+                }
+                idle
+            };
+            let mut conn = idle.conn;
+            if poll_fn(|cx| Poll::Ready(is_usable(&mut conn, cx))).await {
+                return Some(conn);
+            }
+        }
+    }
+
+    fn checkin(&self, conn: Conn) {
+        let Ok(mut list) = self.idle.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        let expired = list
+            .iter()
+            .take_while(|i| now.duration_since(i.since) >= self.idle_timeout)
+            .count();
+        list.drain(..expired);
+        if list.len() >= self.max_idle {
+            if self.max_idle == 0 {
+                return;
+            }
+            list.remove(0);
+        }
+        list.push(Idle { conn, since: now });
+    }
+
+    async fn connect(&self) -> Result<Conn, SendError> {
+        let tcp = tokio::time::timeout(self.connect_timeout, self.connect_tcp())
+            .await
+            .map_err(|_| SendError::ConnectTimeout)??;
+        let (sender, driver) = http1::Builder::new()
+            // a fixed 32 KiB read buffer per connection: hyper's adaptive one grows to
+            // ~400 KB while a large response streams (BENCHMARKS.md, RSS at 1,000 downloads)
+            .read_buf_exact_size(Some(32 * 1024))
+            .handshake(TokioIo::new(tcp))
+            .await
+            .map_err(SendError::Http)?;
+        crate::telemetry::metrics::METRICS.upstream_connection_opened();
+        Ok(Box::new(ConnParts { sender, driver }))
+    }
+
+    /// Each address the name resolves to in turn; the last error if none answers.
+    async fn connect_tcp(&self) -> Result<TcpStream, SendError> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(self.authority.as_str())
+            .await
+            .map_err(SendError::Connect)?
+            .collect();
+        let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(tcp) => {
+                    let _ = tcp.set_nodelay(true);
+                    let sock = socket2::SockRef::from(&tcp);
+                    let _ = sock.set_tcp_keepalive(
+                        &socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)),
+                    );
+                    return Ok(tcp);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(SendError::Connect(last))
+    }
+}
+
+/// Poll the connection once (reading any close the upstream sent while it sat idle), then
+/// ask whether it takes a request now. A connection that is not ready at once is not
+/// waited for: another is opened instead.
+fn is_usable(conn: &mut Conn, cx: &mut Context<'_>) -> bool {
+    if Pin::new(&mut conn.driver).poll(cx).is_ready() {
+        return false;
+    }
+    matches!(conn.sender.poll_ready(cx), Poll::Ready(Ok(())))
+}
+
+/// Await `sent` while polling the connection that carries it. If the connection finishes
+/// first (closed or failed), `sent` resolves with its error.
+async fn drive_until<F, T>(driver: &mut Driver, sent: F) -> T
+where
+    F: Future<Output = T>,
+{
+    let mut sent = std::pin::pin!(sent);
+    let mut driver_done = false;
+    poll_fn(|cx| {
+        // the connection first: it writes the request and reads the response head, which
+        // `sent` then finds ready in the same poll
+        if !driver_done && Pin::new(&mut *driver).poll(cx).is_ready() {
+            // closed or failed: the dispatcher is gone and `sent` resolves with its error
+            driver_done = true;
+        }
+        sent.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// The upstream's response body, which drives its connection while it is read and returns
+/// the connection to the pool when it has been read to the end.
+pub struct PooledBody {
+    body: Incoming,
+    conn: Option<Conn>,
+    pool: Arc<Pool>,
+}
+
+impl PooledBody {
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body)
+            .poll_frame(cx)
+            .map_err(BoxError::from)
+    }
+
+    /// The message is complete: poll the connection once more so that it settles into its
+    /// idle state, and pool it unless that poll found it closed.
+    fn release(&mut self, cx: &mut Context<'_>) {
+        if let Some(mut conn) = self.conn.take() {
+            if Pin::new(&mut conn.driver).poll(cx).is_pending() {
+                self.pool.checkin(conn);
+            }
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        // the body signals that it wants data; the connection then reads and hands it over
+        let mut r = this.poll_body(cx);
+        if r.is_pending() {
+            if let Some(conn) = this.conn.as_mut() {
+                if Pin::new(&mut conn.driver).poll(cx).is_ready() {
+                    // closed or failed: not reusable; the body reports how it ended
+                    this.conn = None;
+                }
+            }
+            r = this.poll_body(cx);
+        }
+        match &r {
+            Poll::Ready(None) => this.release(cx),
+            Poll::Ready(Some(Err(_))) => this.conn = None,
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // a body with nothing left to read (HEAD, 204, 304, Content-Length: 0, or read to
+        // its end without the final poll) leaves its connection reusable
+        if self.body.is_end_stream() {
+            if let Some(conn) = self.conn.take() {
+                self.pool.checkin(conn);
+            }
+        }
+    }
+}
