@@ -11,7 +11,8 @@ Targets: direct (no proxy), nginx (reverse proxy, upstream keep-alive), haproxy 
 jwt-gate. Every run is bounded in time and on loopback. Each figure is the median of RUNS
 runs; ratios are to direct and to the best peer measured in the same run.
 
-Environment: RUNS (3), DURATION (10 s per wrk run), SCENARIOS, TARGETS, OUT (bench/results).
+Environment: RUNS (3), DURATION (10 s per wrk run), SCENARIOS, TARGETS, OUT (bench/results),
+GATE_LOG (the gate's log level: info, its default, with the access log).
 """
 
 import json
@@ -303,7 +304,9 @@ reject_issued_before_start = false
 # every token of every run stays recorded (they are valid for an hour)
 max_entries = 5000000
 """)
-    return [str(GATE), "run", "--config", str(path), "--log-level", "warn"]
+    # the gate's default level (its access log on) unless GATE_LOG says otherwise; issue 15
+    # measures the gate as deployed
+    return [str(GATE), "run", "--config", str(path), "--log-level", os.environ.get("GATE_LOG", "info")]
 
 
 def launch(target, upstream=ORIGIN, tls=False, alg=None):

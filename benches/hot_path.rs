@@ -206,7 +206,7 @@ fn request_path(c: &mut Criterion) {
             build,
             |mut p| {
                 proxy.strip(&mut p, false);
-                proxy.rewrite(&mut p, peer);
+                proxy.rewrite(&mut p, peer, false);
                 p
             },
             criterion::BatchSize::SmallInput,

@@ -30,6 +30,26 @@ pub struct ProviderConfig {
     pub valid_within: u64,
     /// Whether `valid_within` was set in the file (GitLab's own default is "off").
     pub valid_within_explicit: bool,
+    /// Gate-only: the `iss` a token must carry (GitLab checks none).
+    pub issuer: Option<String>,
+    /// Gate-only: a token's `aud` (a string or a list) must name one of these (GitLab
+    /// checks none). Empty: no audience check.
+    pub audience: Vec<String>,
+}
+
+impl ProviderConfig {
+    /// The settings GitLab's own JWT provider does not have, by key, for `check` and
+    /// `import-gitlab` to point out.
+    pub fn gate_only_settings(&self) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        if self.issuer.is_some() {
+            keys.push("provider.issuer");
+        }
+        if !self.audience.is_empty() {
+            keys.push("provider.audience");
+        }
+        keys
+    }
 }
 
 /// Key material, redacted in every `Debug` output.
@@ -118,6 +138,17 @@ pub(crate) fn read(t: &Table, base: &Path, errs: &mut Vec<String>) -> ProviderCo
     );
     let info_map_t: Option<Table> = s.opt("info_map");
     let auth_url: Option<String> = s.opt("auth_url");
+    let issuer: Option<String> = s.opt("issuer");
+    if issuer.as_deref() == Some("") {
+        s.err(
+            "issuer",
+            "must not be empty (leave it out for no issuer check)",
+        );
+    }
+    let audience: Vec<String> = s.get("audience", Vec::new());
+    if audience.iter().any(String::is_empty) {
+        s.err("audience", "an empty audience would match nothing");
+    }
     let valid_within_raw: Option<i64> = s.opt("valid_within");
     let valid_within = match valid_within_raw {
         None => DEFAULT_VALID_WITHIN,
@@ -176,5 +207,7 @@ pub(crate) fn read(t: &Table, base: &Path, errs: &mut Vec<String>) -> ProviderCo
         auth_url,
         valid_within,
         valid_within_explicit: valid_within_raw.is_some(),
+        issuer,
+        audience,
     }
 }

@@ -66,6 +66,8 @@ reasons! {
     Expired => "token_expired", UNAUTHORIZED, "the token has expired (exp)";
     NbfInvalid => "nbf_invalid", UNAUTHORIZED, "nbf is not a number";
     NotYetValid => "token_not_yet_valid", UNAUTHORIZED, "the token is not valid yet (nbf)";
+    IssuerMismatch => "issuer_mismatch", UNAUTHORIZED, "the token's iss is not the configured issuer";
+    AudienceMismatch => "audience_mismatch", UNAUTHORIZED, "the token's aud names none of the configured audiences";
     MissingClaim => "missing_claim", UNAUTHORIZED, "a required claim is missing";
     IatMissing => "iat_missing", UNAUTHORIZED, "iat is required";
     IatInvalid => "iat_invalid", UNAUTHORIZED, "iat is not an integer";

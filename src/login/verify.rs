@@ -24,6 +24,7 @@ pub enum Step {
     Signature,
     Payload,
     ExpNbf,
+    IssuerAudience,
     RequiredClaims,
     IatWindow,
     Jti,
@@ -32,13 +33,14 @@ pub enum Step {
 }
 
 impl Step {
-    pub const ALL: [Step; 11] = [
+    pub const ALL: [Step; 12] = [
         Step::Size,
         Step::Segments,
         Step::Header,
         Step::Signature,
         Step::Payload,
         Step::ExpNbf,
+        Step::IssuerAudience,
         Step::RequiredClaims,
         Step::IatWindow,
         Step::Jti,
@@ -54,6 +56,7 @@ impl Step {
             Step::Signature => "signature",
             Step::Payload => "payload and duplicate keys",
             Step::ExpNbf => "exp / nbf",
+            Step::IssuerAudience => "iss / aud",
             Step::RequiredClaims => "required claims",
             Step::IatWindow => "iat window",
             Step::Jti => "jti",
@@ -112,6 +115,8 @@ pub struct Verifier {
     valid_within: i64,
     max_future_skew: i64,
     require_jti: bool,
+    issuer: Option<String>,
+    audience: Vec<String>,
     /// `reject_issued_before_start`: tokens with an earlier iat are refused.
     pub not_issued_before: Option<i64>,
 }
@@ -130,6 +135,8 @@ impl Verifier {
             valid_within: cfg.provider.valid_within as i64,
             max_future_skew: cfg.future_skew() as i64,
             require_jti: cfg.gate.require_jti,
+            issuer: cfg.provider.issuer.clone(),
+            audience: cfg.provider.audience.clone(),
             not_issued_before,
         }
     }
@@ -164,6 +171,8 @@ impl Verifier {
         trace.pass(Step::Payload);
         check_exp_nbf(&claims, now)?;
         trace.pass(Step::ExpNbf);
+        self.check_issuer_audience(&claims)?;
+        trace.pass(Step::IssuerAudience);
         self.check_required(&claims)?;
         trace.pass(Step::RequiredClaims);
         let iat = self.check_iat(&claims, now)?;
@@ -226,6 +235,33 @@ impl Verifier {
         }
         if !self.key.verify(signing_input, sig) {
             return Err(Reason::BadSignature);
+        }
+        Ok(())
+    }
+
+    /// Gate-only checks (GitLab has neither): `iss` equal to the configured issuer, and
+    /// `aud` (RFC 7519 §4.1.3: a string or an array of strings) naming a configured
+    /// audience. Without them, a token the same IdP signed for another application would
+    /// sign in to GitLab.
+    fn check_issuer_audience(&self, claims: &Members) -> Result<(), Reason> {
+        if let Some(want) = &self.issuer {
+            match claims.get("iss") {
+                Some(Claim::Str(iss)) if iss.as_ref() == want.as_str() => {}
+                _ => return Err(Reason::IssuerMismatch),
+            }
+        }
+        if !self.audience.is_empty() {
+            let wanted = |a: &str| self.audience.iter().any(|w| w == a);
+            let ok = match claims.get("aud") {
+                Some(Claim::Str(a)) => wanted(a),
+                Some(Claim::Nested(serde_json::Value::Array(items))) => {
+                    items.iter().any(|a| a.as_str().is_some_and(wanted))
+                }
+                _ => false,
+            };
+            if !ok {
+                return Err(Reason::AudienceMismatch);
+            }
         }
         Ok(())
     }

@@ -143,7 +143,7 @@ impl Proxy {
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
             }
         }
-        self.rewrite(&mut parts, peer);
+        self.rewrite(&mut parts, peer, client_upgrade.is_some());
         self.send(Request::from_parts(parts, body), client_upgrade)
             .await
     }
@@ -155,8 +155,9 @@ impl Proxy {
     }
 
     /// X-Forwarded-* set, Host from an absolute-form target, the target rewritten to the
-    /// upstream.
-    pub fn rewrite(&self, parts: &mut request::Parts, peer: SocketAddr) {
+    /// upstream: origin form for the gate's pool, absolute for hyper-util's client (https
+    /// and HTTP/2 upstreams, and every `upgrade`, which that client carries).
+    pub fn rewrite(&self, parts: &mut request::Parts, peer: SocketAddr, upgrade: bool) {
         // RFC 9112 §3.2.2: with an absolute-form target the Host field is ignored and
         // replaced by the target's authority (HTTP/2's :authority likewise).
         if let Some(a) = parts.uri.authority() {
@@ -177,13 +178,20 @@ impl Proxy {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut b = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(pq)
-            .build();
-        if let Ok(uri) = b.as_mut() {
-            std::mem::swap(&mut parts.uri, uri);
+        if self.pool.is_some() && !upgrade {
+            // the gate's pool writes the target as it is: origin form, as RFC 9112 §3.2.1
+            // wants towards an origin server
+            parts.uri = Uri::from(pq);
+        } else {
+            // hyper-util's client takes an absolute URI and writes the origin form itself
+            let mut b = Uri::builder()
+                .scheme(self.scheme.clone())
+                .authority(self.authority.clone())
+                .path_and_query(pq)
+                .build();
+            if let Ok(uri) = b.as_mut() {
+                std::mem::swap(&mut parts.uri, uri);
+            }
         }
         parts.version = Version::HTTP_11;
     }

@@ -56,6 +56,17 @@ pub fn beyond_gitlab(cfg: &Config) -> Vec<String> {
             p.valid_within
         ));
     }
+    if let Some(iss) = &p.issuer {
+        v.push(format!(
+            "iss must be {iss:?} (provider.issuer: a gate-only setting, GitLab checks no issuer)"
+        ));
+    }
+    if !p.audience.is_empty() {
+        v.push(format!(
+            "aud must name one of {:?} (provider.audience: a gate-only setting, GitLab checks no audience)",
+            p.audience
+        ));
+    }
     if g.require_jti {
         v.push("jti required".to_string());
     }

@@ -646,3 +646,97 @@ async fn a_refused_replay_says_when_and_from_where_the_token_was_first_used() {
     }
     assert!(replays[1].contains("client=203.0.113.9"), "{}", replays[1]);
 }
+
+#[tokio::test]
+async fn issuer_and_audience_are_checked_when_set() {
+    let up = Upstream::start().await;
+    let dir = TempDir::new("iss-aud");
+    let served = run_gate(
+        &dir,
+        up.addr,
+        "issuer = \"https://idp.example\"\naudience = [\"gitlab\", \"gitlab-staging\"]\n",
+    )
+    .await;
+    let base = format!("http://{}/users/auth/jwt/callback?jwt=", served.addr);
+    let token = |email: &str, extra: serde_json::Value| {
+        let mut c = claims(email);
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        hs256(&c)
+    };
+    let iss = "https://idp.example";
+    for (email, extra, want) in [
+        (
+            "a@x",
+            serde_json::json!({"iss": iss, "aud": "gitlab"}),
+            None,
+        ),
+        (
+            "b@x",
+            serde_json::json!({"iss": iss, "aud": ["other", "gitlab-staging"]}),
+            None,
+        ),
+        (
+            "c@x",
+            serde_json::json!({"iss": "https://evil.example", "aud": "gitlab"}),
+            Some("issuer_mismatch"),
+        ),
+        (
+            "d@x",
+            serde_json::json!({"aud": "gitlab"}),
+            Some("issuer_mismatch"),
+        ),
+        (
+            "e@x",
+            serde_json::json!({"iss": iss, "aud": "other-app"}),
+            Some("audience_mismatch"),
+        ),
+        (
+            "f@x",
+            serde_json::json!({"iss": iss, "aud": ["other-app"]}),
+            Some("audience_mismatch"),
+        ),
+        (
+            "g@x",
+            serde_json::json!({"iss": iss}),
+            Some("audience_mismatch"),
+        ),
+        (
+            "h@x",
+            serde_json::json!({"iss": iss, "aud": 7}),
+            Some("audience_mismatch"),
+        ),
+    ] {
+        let got = get(&format!("{base}{}", token(email, extra))).await;
+        match want {
+            None => assert_eq!(got.status, 200, "{email}: {}", got.text()),
+            Some(reason) => {
+                assert_eq!(got.status, 401, "{email}");
+                assert_eq!(got.reason(), Some(reason), "{email}");
+            }
+        }
+    }
+    let forwarded: Vec<String> = up
+        .callbacks()
+        .iter()
+        .filter_map(|s| {
+            s.headers
+                .get("x-auth-request-user")
+                .map(|v| v.to_str().unwrap().to_string())
+        })
+        .collect();
+    assert_eq!(forwarded, ["a@x", "b@x"]);
+
+    // check names them as gate-only settings
+    let (code, text) = run_check(&dir.0.join("gate.toml"));
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("provider.issuer: a gate-only setting"),
+        "{text}"
+    );
+    assert!(
+        text.contains("provider.audience: a gate-only setting"),
+        "{text}"
+    );
+}

@@ -22,3 +22,4 @@ mod replay;
 mod replay_window;
 mod smuggling;
 mod tls;
+mod upstream_pool;

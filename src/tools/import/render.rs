@@ -153,6 +153,7 @@ pub(super) fn render(found: &Found, source: &str) -> Result<String, String> {
     if !seen_valid_within {
         comments.push("valid_within is unset in GitLab (no iat check): the gate enforces 300 s unless you set it here".to_string());
     }
+    comments.push("issuer = \"...\" and audience = [\"...\"] are gate-only settings (GitLab checks neither iss nor aud): add them to refuse tokens the IdP signed for other applications".to_string());
     let _ = writeln!(
         out,
         "# [provider] imported by `jwt-gate import-gitlab` from {source}"
