@@ -8,31 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 A=$1; B=$2; ROUNDS=${3:-2}
 DURATION=${DURATION:-8}; CONNS=${CONNS:-64}; LOG=${GATE_LOG:-info}
-work=$(mktemp -d); chmod 755 "$work"
-trap 'kill $(jobs -p) 2>/dev/null || true; [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null; rm -rf "$work"' EXIT
 ORIGIN=127.0.0.1:18180; GATE=127.0.0.1:18443
-mkdir -p "$work/www"
-head -c 100 /dev/zero | tr '\0' 'x' > "$work/www/small"
-head -c 1048576 /dev/urandom > "$work/www/1m.bin"
-cat > "$work/nginx.conf" <<NGX
-worker_processes 1; daemon on; pid $work/nginx.pid; error_log $work/nginx-error.log;
-events { worker_connections 4096; }
-http { log_format c '\$connection'; access_log $work/origin.log c; keepalive_requests 1000000;
-  server { listen $ORIGIN; root $work/www; } }
-NGX
-taskset -c 0 nginx -c "$work/nginx.conf" -p "$work"
-cat > "$work/gate.toml" <<TOML
-[listen]
-addr = "$GATE"
-[admin]
-addr = ""
-[upstream]
-url = "http://$ORIGIN"
-[provider]
-secret = "bench-secret-0123456789abcdefghijklmnop"
-[replay]
-reject_issued_before_start = false
-TOML
+ORIGIN_LOG=on PIN="taskset -c 0" . bench/origin.sh
 hz=$(getconf CLK_TCK)
 one() { # bin path
   JWT_GATE_LOG=$LOG taskset -c 0 "$1" run --config "$work/gate.toml" >"$work/gate.log" 2>&1 & local pid=$!

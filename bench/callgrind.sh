@@ -8,29 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$1; PATH_=${2:-/small}; N1=${N1:-1000}; N2=${N2:-5000}; LOG=${GATE_LOG:-info}
 for t in valgrind h2load nginx; do command -v $t >/dev/null || { echo "needs $t (apt-get install valgrind nghttp2-client nginx-light)" >&2; exit 2; }; done
-work=$(mktemp -d); chmod 755 "$work"
-trap 'kill $(jobs -p) 2>/dev/null || true; [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null; rm -rf "$work"' EXIT
 ORIGIN=127.0.0.1:18181; GATE=127.0.0.1:18444
-mkdir -p "$work/www"; head -c 100 /dev/zero | tr '\0' 'x' > "$work/www/small"
-head -c 1048576 /dev/urandom > "$work/www/1m.bin"
-cat > "$work/nginx.conf" <<NGX
-worker_processes 1; daemon on; pid $work/nginx.pid; error_log $work/nginx-error.log;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 1000000; server { listen $ORIGIN; root $work/www; } }
-NGX
-nginx -c "$work/nginx.conf" -p "$work"
-cat > "$work/gate.toml" <<TOML
-[listen]
-addr = "$GATE"
-[admin]
-addr = ""
-[upstream]
-url = "http://$ORIGIN"
-[provider]
-secret = "bench-secret-0123456789abcdefghijklmnop"
-[replay]
-reject_issued_before_start = false
-TOML
+ORIGIN_LOG=off PIN="" . bench/origin.sh
 count() { # requests -> instructions
   JWT_GATE_LOG=$LOG valgrind --tool=callgrind --callgrind-out-file="$work/cg.$1" "$BIN" run --config "$work/gate.toml" >"$work/gate.$1.log" 2>&1 & local pid=$!
   for _ in $(seq 300); do curl -s -o /dev/null "http://$GATE$PATH_" && break; sleep 0.1; done
