@@ -37,21 +37,6 @@ pub struct ProviderConfig {
     pub audience: Vec<String>,
 }
 
-impl ProviderConfig {
-    /// The settings GitLab's own JWT provider does not have, by key, for `check` and
-    /// `import-gitlab` to point out.
-    pub fn gate_only_settings(&self) -> Vec<&'static str> {
-        let mut keys = Vec::new();
-        if self.issuer.is_some() {
-            keys.push("provider.issuer");
-        }
-        if !self.audience.is_empty() {
-            keys.push("provider.audience");
-        }
-        keys
-    }
-}
-
 /// Key material, redacted in every `Debug` output.
 #[derive(Clone, Default)]
 pub struct Secret(pub Vec<u8>);
