@@ -99,7 +99,7 @@ impl Pool {
         self: &Arc<Self>,
         mut req: Request<ReqBody>,
     ) -> Result<Response<PooledBody>, SendError> {
-        to_origin_form(&mut req, &self.authority);
+        default_host(&mut req, &self.authority);
         loop {
             let (mut conn, reused) = match self.checkout().await {
                 Some(c) => (c, true),
@@ -201,20 +201,10 @@ impl Pool {
     }
 }
 
-/// What hyper-util's client did for us: the request line in origin form (`GET /path`,
-/// RFC 9112 §3.2.1: `client::conn` writes the target as given, and the proxy's rewrite
-/// makes it absolute), and a Host field when the client sent none (HTTP/1.0).
-fn to_origin_form(req: &mut Request<ReqBody>, authority: &str) {
-    if req.uri().scheme().is_some() {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_string();
-        if let Ok(uri) = pq.parse() {
-            *req.uri_mut() = uri;
-        }
-    }
+/// A Host field for a client that sent none (HTTP/1.0), as hyper-util's client added one:
+/// `client::conn` writes the request as it is (the target already in origin form, which
+/// `Proxy::rewrite` makes for this pool).
+fn default_host(req: &mut Request<ReqBody>, authority: &str) {
     if !req.headers().contains_key(http::header::HOST) {
         if let Ok(v) = http::HeaderValue::from_str(authority) {
             req.headers_mut().insert(http::header::HOST, v);
