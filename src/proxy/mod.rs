@@ -198,32 +198,45 @@ impl Proxy {
 
     async fn send(&self, req: Request<ReqBody>, client_upgrade: Option<OnUpgrade>) -> Forwarded {
         let t0 = Instant::now();
-        if let (Some(pool), None) = (&self.pool, &client_upgrade) {
-            let result = tokio::time::timeout(self.response_header_timeout, pool.send(req)).await;
-            let elapsed = Some(t0.elapsed());
-            return match result {
-                Err(_) => error_page(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", elapsed),
-                Ok(Err(e)) => {
-                    let (status, reason) = classify_pool_error(&e);
-                    tracing::warn!(target: "jwt_gate::upstream", error = %e, reason, "upstream request failed");
-                    error_page(status, reason, elapsed)
-                }
-                Ok(Ok(resp)) => self.answer(resp.map(RespBody::Pooled), None, elapsed),
-            };
-        }
-        let fut = self.client.request(req);
-        let result = tokio::time::timeout(self.response_header_timeout, fut).await;
+        let result = tokio::time::timeout(
+            self.response_header_timeout,
+            self.response_head(req, client_upgrade.is_some()),
+        )
+        .await;
         let elapsed = Some(t0.elapsed());
-        let resp = match result {
-            Err(_) => return error_page(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", elapsed),
-            Ok(Err(e)) => {
-                let (status, reason) = classify_error(&e);
-                tracing::warn!(target: "jwt_gate::upstream", error = %e, source = ?e.source(), reason, "upstream request failed");
-                return error_page(status, reason, elapsed);
+        match result {
+            Err(_) => error_page(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", elapsed),
+            Ok(Err(f)) => {
+                tracing::warn!(target: "jwt_gate::upstream", error = %f.error, source = ?f.source, reason = f.reason, "upstream request failed");
+                error_page(f.status, f.reason, elapsed)
             }
-            Ok(Ok(r)) => r,
-        };
-        self.answer(resp.map(RespBody::Upstream), client_upgrade, elapsed)
+            Ok(Ok(resp)) => self.answer(resp, client_upgrade, elapsed),
+        }
+    }
+
+    /// The upstream's response head: through the gate's pool (plain HTTP/1.1, no upgrade)
+    /// or hyper-util's client.
+    async fn response_head(
+        &self,
+        req: Request<ReqBody>,
+        upgrade: bool,
+    ) -> Result<Response<RespBody>, Failure> {
+        match &self.pool {
+            Some(pool) if !upgrade => match pool.send(req).await {
+                Ok(resp) => Ok(resp.map(RespBody::Pooled)),
+                Err(e) => {
+                    let (status, reason) = classify_pool_error(&e);
+                    Err(Failure::new(status, reason, &e, None))
+                }
+            },
+            _ => match self.client.request(req).await {
+                Ok(resp) => Ok(resp.map(RespBody::Upstream)),
+                Err(e) => {
+                    let (status, reason) = classify_error(&e);
+                    Err(Failure::new(status, reason, &e, e.source()))
+                }
+            },
+        }
     }
 
     /// The upstream's response, hop-by-hop headers out; a 101 opens the tunnel when the
@@ -263,6 +276,30 @@ impl Proxy {
             response: Response::from_parts(parts, body),
             upstream: elapsed,
             reason: None,
+        }
+    }
+}
+
+/// Why no response head came from the upstream, for the page and the warning.
+struct Failure {
+    status: StatusCode,
+    reason: &'static str,
+    error: String,
+    source: Option<String>,
+}
+
+impl Failure {
+    fn new(
+        status: StatusCode,
+        reason: &'static str,
+        error: &dyn std::fmt::Display,
+        source: Option<&(dyn std::error::Error + 'static)>,
+    ) -> Failure {
+        Failure {
+            status,
+            reason,
+            error: error.to_string(),
+            source: source.map(|s| format!("{s:?}")),
         }
     }
 }
