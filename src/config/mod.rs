@@ -11,6 +11,7 @@
 mod admin;
 mod algorithm;
 mod gate;
+mod idp;
 mod listen;
 mod provider;
 mod reader;
@@ -24,6 +25,7 @@ use toml::Table;
 pub use admin::AdminConfig;
 pub use algorithm::{Algorithm, Family};
 pub use gate::{GateConfig, GateMode};
+pub use idp::{IdpAlg, IdpConfig, JwksSource};
 pub use listen::{ListenConfig, ListenTls, TlsFiles};
 pub use provider::{read_secret_file, ProviderConfig, Secret, SecretSource};
 pub use replay::{EvictionCheck, RedisSettings, ReplayConfig, StoreKind};
@@ -38,6 +40,8 @@ pub struct Config {
     pub provider: ProviderConfig,
     pub gate: GateConfig,
     pub replay: ReplayConfig,
+    /// `[idp]`: tokens from an external identity provider, verified with its JWKS.
+    pub idp: Option<IdpConfig>,
     /// Things worth telling the operator that are not errors (`jwt-gate check` prints them).
     pub warnings: Vec<String>,
 }
@@ -80,6 +84,7 @@ impl Config {
         let provider_t = top.table("provider");
         let gate_t = top.table("gate");
         let replay_t = top.table("replay");
+        let idp_t = top.raw("idp").cloned();
         top.finish();
 
         // every section is read even when another failed, so that all errors show at once
@@ -90,6 +95,14 @@ impl Config {
         let provider = provider::read(&provider_t, base, &mut errs);
         let replay = replay::read(&replay_t, base, &mut errs);
         let gate = gate::finish(gate_raw, &provider, &mut errs);
+        let idp = match idp_t {
+            None => None,
+            Some(toml::Value::Table(t)) => idp::read(&t, base, &provider, &mut errs),
+            Some(other) => {
+                errs.push(format!("idp: expected a table, found {}", other.type_str()));
+                None
+            }
+        };
         // port 0 (any free port) cannot clash
         if admin
             .addr
@@ -129,6 +142,7 @@ impl Config {
             provider,
             gate,
             replay,
+            idp,
             warnings,
         })
     }
