@@ -93,6 +93,22 @@ pub struct Metrics {
     store_errors_unavailable: AtomicU64,
     pub store_latency: Histogram,
     reloads: [[AtomicU64; 2]; 2],
+    jwks_fetches: [[AtomicU64; 2]; JWKS_TRIGGERS.len()],
+    /// Unix seconds at which the IdP key set in use was loaded; 0: none (no `[idp]`).
+    jwks_loaded_at: AtomicI64,
+    jwks_keys: AtomicI64,
+    tokens_minted: AtomicU64,
+}
+
+/// Why the IdP's key set was fetched or read (the `trigger` label).
+pub const JWKS_TRIGGERS: [&str; 4] = ["start", "refresh", "unknown_kid", "file_change"];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum JwksTrigger {
+    Start = 0,
+    Refresh = 1,
+    UnknownKid = 2,
+    FileChange = 3,
 }
 
 /// The process's metrics.
@@ -112,6 +128,10 @@ pub static METRICS: Metrics = Metrics {
     store_errors_unavailable: AtomicU64::new(0),
     store_latency: Histogram::new(),
     reloads: [const { [const { AtomicU64::new(0) }; 2] }; 2],
+    jwks_fetches: [const { [const { AtomicU64::new(0) }; 2] }; JWKS_TRIGGERS.len()],
+    jwks_loaded_at: AtomicI64::new(0),
+    jwks_keys: AtomicI64::new(0),
+    tokens_minted: AtomicU64::new(0),
 };
 
 /// What was reloaded.
@@ -190,6 +210,23 @@ impl Metrics {
         }
     }
 
+    /// A fetch (or read) of the IdP's key set; on success, `keys` usable keys now in use.
+    pub fn jwks_fetch(&self, trigger: JwksTrigger, ok: Option<usize>) {
+        self.jwks_fetches[trigger as usize][usize::from(ok.is_some())].fetch_add(1, Relaxed);
+        if let Some(n) = ok {
+            self.jwks_keys.store(n as i64, Relaxed);
+            self.jwks_loaded_at.store(unix_now().max(1), Relaxed);
+        }
+    }
+
+    pub fn jwks_fetches(&self, trigger: JwksTrigger, ok: bool) -> u64 {
+        self.jwks_fetches[trigger as usize][usize::from(ok)].load(Relaxed)
+    }
+
+    pub fn token_minted(&self) {
+        self.tokens_minted.fetch_add(1, Relaxed);
+    }
+
     pub fn reload(&self, kind: ReloadKind, ok: bool) {
         self.reloads[kind as usize][usize::from(!ok)].fetch_add(1, Relaxed);
     }
@@ -246,6 +283,60 @@ fn gauge(
 ) -> std::fmt::Result {
     let g = ConstGauge::new(v);
     g.encode(enc.encode_descriptor(name, help, unit.as_ref(), g.metric_type())?)
+}
+
+impl GateCollector {
+    /// The IdP's key set, only once one was configured and loaded.
+    fn encode_idp(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        let m = &METRICS;
+        let loaded_at = m.jwks_loaded_at.load(Relaxed);
+        let fetched: u64 = m
+            .jwks_fetches
+            .iter()
+            .flatten()
+            .map(|c| c.load(Relaxed))
+            .sum();
+        if fetched == 0 {
+            return Ok(());
+        }
+        {
+            let mut e = enc.encode_descriptor(
+                "jwks_fetches",
+                "Fetches (or reads) of the IdP's key set, by trigger and result.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (ti, trigger) in JWKS_TRIGGERS.iter().enumerate() {
+                for (ri, result) in ["error", "ok"].iter().enumerate() {
+                    let labels = [("trigger", *trigger), ("result", *result)];
+                    let v = m.jwks_fetches[ti][ri].load(Relaxed);
+                    ConstCounter::new(v).encode(e.encode_family(&labels)?)?;
+                }
+            }
+        }
+        if loaded_at > 0 {
+            gauge(
+                enc,
+                "jwks_age",
+                "Seconds since the IdP key set in use was loaded.",
+                Some(Unit::Seconds),
+                unix_now().saturating_sub(loaded_at),
+            )?;
+        }
+        gauge(
+            enc,
+            "jwks_keys",
+            "Usable keys in the IdP key set in use.",
+            None,
+            m.jwks_keys.load(Relaxed),
+        )?;
+        counter(
+            enc,
+            "tokens_minted",
+            "Tokens the gate minted for GitLab after verifying an IdP token.",
+            m.tokens_minted.load(Relaxed),
+        )
+    }
 }
 
 impl Collector for GateCollector {
@@ -319,6 +410,7 @@ impl Collector for GateCollector {
             "Connections the gate opened to a plain-HTTP upstream; requests per connection is the keep-alive reuse.",
             m.upstream_connections_opened.load(Relaxed),
         )?;
+        self.encode_idp(&mut enc)?;
         counter(
             &mut enc,
             "log_lines_dropped",
@@ -465,6 +557,13 @@ pub fn render(registry: &Registry) -> String {
     // writing into a String cannot fail
     let _ = prometheus_client::encoding::text::encode(&mut out, registry);
     out
+}
+
+/// Wall-clock unix seconds (the leaf's own: telemetry imports nothing of the product).
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]
