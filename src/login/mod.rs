@@ -4,8 +4,11 @@
 //! does no I/O beyond reading the callback body and asking the replay store.
 
 pub mod encoding;
+pub mod idp;
 pub mod json;
+pub mod jwks;
 pub mod keys;
+pub mod mint;
 pub mod params;
 pub mod reason;
 pub mod route;
@@ -59,6 +62,22 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct Admitted {
     pub identity: Vec<(HeaderName, HeaderValue)>,
     pub body: Option<Bytes>,
+    /// With an IdP: the callback's query with the IdP's token replaced by the minted one
+    /// (when the token came in the query), or the callback to send for a header assertion.
+    pub query: Option<String>,
+}
+
+/// An external identity provider: its tokens are verified with its key set, and GitLab
+/// gets a token the gate minted instead.
+pub struct IdpSide {
+    pub verifier: idp::IdpVerifier,
+    pub keys: Arc<dyn idp::KeySource>,
+    pub minter: mint::Minter,
+    /// The callback carries the IdP's token (`idp.callback`).
+    pub callback: bool,
+    /// Header-assertion sign-in: the header, and who may send it.
+    pub assertion_header: Option<HeaderName>,
+    pub trusted_peers: Vec<ipnet::IpNet>,
 }
 
 pub struct LoginGate {
@@ -67,6 +86,7 @@ pub struct LoginGate {
     throttle: Throttle,
     max_body: usize,
     body_timeout: Duration,
+    idp: Option<IdpSide>,
 }
 
 impl LoginGate {
@@ -83,7 +103,21 @@ impl LoginGate {
             throttle: Throttle::new(cfg.gate.throttle_burst as f64, cfg.gate.throttle_per_second),
             max_body: cfg.gate.max_callback_body,
             body_timeout: cfg.gate.callback_body_timeout,
+            idp: None,
         }
+    }
+
+    /// Verify IdP tokens and mint GitLab's (`[idp]`).
+    pub fn with_idp(mut self, idp: IdpSide) -> LoginGate {
+        self.idp = Some(idp);
+        self
+    }
+
+    /// Whether header-assertion sign-in is on.
+    pub fn takes_assertions(&self) -> bool {
+        self.idp
+            .as_ref()
+            .is_some_and(|i| i.assertion_header.is_some())
     }
 
     /// Swap in a reloaded verification key; logins already being verified finish with the
@@ -130,26 +164,103 @@ impl LoginGate {
         let t0 = Instant::now();
         let mut audit = AuditInfo::default();
         let verifier = self.verifier();
-        // a client out of budget is answered before anything is read or verified
-        let result = match self.throttle.check(client) {
-            Err(wait) => Err(Refusal {
-                reason: Reason::Throttled,
-                retry_after: Some(wait),
-            }),
-            Ok(()) => {
-                let r = self
-                    .decide_inner(parts, body, client, &verifier, &mut audit)
-                    .await;
-                if let Err(reason) = r {
-                    if reason.charges_client() {
-                        let bad_sig = reason == Reason::BadSignature;
-                        self.throttle
-                            .charge(client, throttle::cost(bad_sig, verifier.alg));
-                    }
-                }
-                r.map_err(Refusal::from)
-            }
+        if let Err(wait) = self.throttle.check(client) {
+            return self.conclude(t0, client, &audit, accepted_as, Err(throttled(wait)));
+        }
+        let r = self
+            .decide_inner(parts, body, client, &verifier, &mut audit)
+            .await;
+        let r = self.charge(client, &verifier, r);
+        self.conclude(t0, client, &audit, accepted_as, r)
+    }
+
+    /// Header-assertion sign-in: `peer` (the TCP source) must be a trusted identity-aware
+    /// proxy; its one assertion is verified with the IdP's keys, and a minted token makes
+    /// the callback GitLab gets (`Admitted::query`). The assertion is not single-use (it
+    /// lives as long as the proxy's session); the minted token is.
+    pub async fn sso(
+        &self,
+        parts: &request::Parts,
+        peer: IpAddr,
+        client: IpAddr,
+    ) -> Result<Admitted, Refusal> {
+        let t0 = Instant::now();
+        let mut audit = AuditInfo::default();
+        let verifier = self.verifier();
+        if let Err(wait) = self.throttle.check(client) {
+            return self.conclude(t0, client, &audit, "forwarded", Err(throttled(wait)));
+        }
+        let r = self
+            .sso_inner(parts, peer, client, &verifier, &mut audit)
+            .await;
+        let r = self.charge(client, &verifier, r);
+        self.conclude(t0, client, &audit, "forwarded", r)
+    }
+
+    async fn sso_inner(
+        &self,
+        parts: &request::Parts,
+        peer: IpAddr,
+        client: IpAddr,
+        verifier: &Verifier,
+        audit: &mut AuditInfo,
+    ) -> Result<Admitted, Reason> {
+        let Some((idp, name)) = self
+            .idp
+            .as_ref()
+            .and_then(|i| i.assertion_header.as_ref().map(|h| (i, h)))
+        else {
+            return Err(Reason::AssertionMissing);
         };
+        if !idp.trusted_peers.iter().any(|n| n.contains(&peer)) {
+            return Err(Reason::AssertionUntrustedPeer);
+        }
+        let mut values = parts.headers.get_all(name).iter();
+        let (Some(v), None) = (values.next(), values.next()) else {
+            return Err(Reason::AssertionMissing);
+        };
+        let value = v.to_str().map_err(|_| Reason::Malformed)?.trim();
+        // oauth2-proxy passes the IdP's ID token as `Authorization: Bearer <jwt>`
+        let token = match value.get(..7) {
+            Some(p) if p.eq_ignore_ascii_case("bearer ") => value[7..].trim_start(),
+            _ => value,
+        };
+        let (minted, identity) = self
+            .through_idp(idp, token, client, verifier, audit, false)
+            .await?;
+        Ok(Admitted {
+            identity,
+            body: None,
+            query: Some(format!("jwt={minted}")),
+        })
+    }
+
+    /// A refusal the client caused is charged to its budget (a bad signature costs more).
+    fn charge(
+        &self,
+        client: IpAddr,
+        verifier: &Verifier,
+        r: Result<Admitted, Reason>,
+    ) -> Result<Admitted, Refusal> {
+        if let Err(reason) = r {
+            if reason.charges_client() {
+                let bad_sig = reason == Reason::BadSignature;
+                self.throttle
+                    .charge(client, throttle::cost(bad_sig, verifier.alg));
+            }
+        }
+        r.map_err(Refusal::from)
+    }
+
+    /// Count the decision and write its audit line.
+    fn conclude(
+        &self,
+        t0: Instant,
+        client: IpAddr,
+        audit: &AuditInfo,
+        accepted_as: &'static str,
+        result: Result<Admitted, Refusal>,
+    ) -> Result<Admitted, Refusal> {
         let (outcome, reason, status, slot) = match &result {
             Ok(_) => (accepted_as, "ok", 0, 0),
             Err(r) => (
@@ -188,12 +299,73 @@ impl LoginGate {
         audit: &mut AuditInfo,
     ) -> Result<Admitted, Reason> {
         let (token, body) = self.extract(parts, body).await?;
+        let Some(idp) = self.idp.as_ref().filter(|i| i.callback) else {
+            let identity = self.admit(&token, client, verifier, audit).await?;
+            return Ok(Admitted {
+                identity,
+                body,
+                query: None,
+            });
+        };
+        let (minted, identity) = self
+            .through_idp(idp, &token, client, verifier, audit, true)
+            .await?;
+        // GitLab gets the callback as sent, with the minted token in the IdP token's place
+        match body {
+            Some(b) if !b.is_empty() && parts.uri.query().is_none_or(|q| !has_jwt(q)) => {
+                Ok(Admitted {
+                    identity,
+                    body: Some(params::replace_token(&b, &minted).into()),
+                    query: None,
+                })
+            }
+            body => Ok(Admitted {
+                identity,
+                body,
+                query: Some(
+                    String::from_utf8_lossy(&params::replace_token(
+                        parts.uri.query().unwrap_or("").as_bytes(),
+                        &minted,
+                    ))
+                    .into_owned(),
+                ),
+            }),
+        }
+    }
+
+    /// A GitLab-shaped token: every check, the store's epoch, single use, and its iat come.
+    async fn admit(
+        &self,
+        token: &str,
+        client: IpAddr,
+        verifier: &Verifier,
+        audit: &mut AuditInfo,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, Reason> {
         let now = crate::clock::unix_now();
-        let verified = verifier.verify(&token, now, audit, &mut ())?;
+        let verified = verifier.verify(token, now, audit, &mut ())?;
+        let times = TokenTimes {
+            iat: verified.iat,
+            expires_at: verified.expires_at,
+        };
+        self.record_once(&verified.replay_key, times, now, client, audit)
+            .await?;
+        wait_for_iat(verified.iat).await;
+        Ok(verified.identity)
+    }
+
+    /// The store's epoch floor, then check-and-record.
+    async fn record_once(
+        &self,
+        key: &[u8; 32],
+        times: TokenTimes,
+        now: i64,
+        client: IpAddr,
+        audit: &mut AuditInfo,
+    ) -> Result<(), Reason> {
         if self
             .store
             .issued_floor()
-            .is_some_and(|floor| verified.iat < floor)
+            .is_some_and(|floor| times.iat < floor)
         {
             return Err(Reason::IssuedBeforeStoreEpoch);
         }
@@ -201,17 +373,53 @@ impl LoginGate {
             at_ms: crate::clock::unix_now_ms(),
             client,
         };
-        let times = TokenTimes {
-            iat: verified.iat,
-            expires_at: verified.expires_at,
-        };
-        self.record_first_use(&verified.replay_key, times, now, use_, audit)
-            .await?;
-        wait_for_iat(verified.iat).await;
-        Ok(Admitted {
-            identity: verified.identity,
-            body,
-        })
+        self.record_first_use(key, times, now, use_, audit).await
+    }
+
+    /// An IdP's token: verified with its keys (recorded as used when `single_use`), then a
+    /// minted token that passes GitLab's checks and is itself recorded. Returns the minted
+    /// token and the identity headers it yields.
+    async fn through_idp(
+        &self,
+        idp: &IdpSide,
+        token: &str,
+        client: IpAddr,
+        verifier: &Verifier,
+        audit: &mut AuditInfo,
+        single_use: bool,
+    ) -> Result<(String, Vec<(HeaderName, HeaderValue)>), Reason> {
+        let now = crate::clock::unix_now();
+        let v = idp.verifier.verify(token, &*idp.keys, now, audit).await?;
+        if single_use {
+            if verifier
+                .not_issued_before
+                .is_some_and(|start| v.iat < start)
+            {
+                return Err(Reason::IssuedBeforeStart);
+            }
+            let times = TokenTimes {
+                iat: v.iat,
+                expires_at: v.expires_at,
+            };
+            self.record_once(&v.replay_key, times, now, client, audit)
+                .await?;
+        }
+        let minted = idp.minter.mint(&v.uid, &v.claims, now).map_err(|e| {
+            tracing::error!(target: "jwt_gate::audit", error = %e, "minting GitLab's token failed");
+            Reason::MintFailed
+        })?;
+        METRICS.token_minted();
+        // the minted token passes the same checks and the same single-use record as any
+        // callback token; its audit fields stay the IdP token's
+        let mut minted_audit = AuditInfo::default();
+        let identity = self
+            .admit(&minted, client, verifier, &mut minted_audit)
+            .await
+            .map_err(|r| {
+                tracing::error!(target: "jwt_gate::audit", reason = r.code(), "the minted token failed the gate's own checks");
+                if r.charges_client() { Reason::MintFailed } else { r }
+            })?;
+        Ok((minted, identity))
     }
 
     /// The one `jwt` value, from the query or a form body (never both), and the body read.
@@ -309,6 +517,20 @@ async fn wait_for_iat(iat: i64) {
     if wait_ms > 0 {
         tokio::time::sleep(Duration::from_millis(wait_ms as u64)).await;
     }
+}
+
+fn throttled(wait: Duration) -> Refusal {
+    Refusal {
+        reason: Reason::Throttled,
+        retry_after: Some(wait),
+    }
+}
+
+/// Whether a query names `jwt` (only called on a query `extract` accepted).
+fn has_jwt(query: &str) -> bool {
+    query
+        .split('&')
+        .any(|p| p == "jwt" || p.starts_with("jwt="))
 }
 
 fn param_reason(e: ParamError) -> Reason {

@@ -43,6 +43,25 @@ pub enum Part {
     Body,
 }
 
+/// The same part with the one `jwt` pair's value replaced by `token` (base64url and dots:
+/// nothing to escape). Every other pair is kept byte for byte. Only called on a part
+/// `extract_token` accepted, where the key is exactly `jwt` and appears once.
+pub fn replace_token(input: &[u8], token: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len() + token.len());
+    for (i, pair) in input.split(|&b| b == b'&').enumerate() {
+        if i > 0 {
+            out.push(b'&');
+        }
+        if pair == b"jwt" || pair.starts_with(b"jwt=") {
+            out.extend_from_slice(b"jwt=");
+            out.extend_from_slice(token.as_bytes());
+        } else {
+            out.extend_from_slice(pair);
+        }
+    }
+    out
+}
+
 /// The `jwt` value of one part, percent-decoded the way Rack decodes it (`+` is a space),
 /// or `None` when absent.
 pub fn extract_token(input: &[u8], part: Part) -> Result<Option<String>, ParamError> {

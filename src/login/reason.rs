@@ -58,10 +58,17 @@ reasons! {
     AlgMissing => "alg_missing", UNAUTHORIZED, "the header has no alg";
     AlgNone => "alg_none", UNAUTHORIZED, "unsigned tokens (alg none) are never accepted";
     AlgMismatch => "alg_mismatch", UNAUTHORIZED, "the token's alg is not the configured algorithm";
+    IdpAlgNotAllowed => "idp_alg_not_allowed", UNAUTHORIZED, "the token's alg is not in idp.algorithms (never none, never an HMAC)";
+    KeyInHeader => "key_in_header", UNAUTHORIZED, "the header names its own key (jku, jwk, x5u, x5c); keys come only from the configured key set";
+    KidRequired => "kid_missing", UNAUTHORIZED, "the token has no kid and the key set has several keys for its alg";
+    UnknownKid => "unknown_kid", UNAUTHORIZED, "no key in the IdP's key set has the token's kid";
+    KidWrongKeyType => "kid_wrong_key_type", UNAUTHORIZED, "the token's kid names a key of another type or algorithm";
+    IdpKeysUnavailable => "idp_keys_unavailable", SERVICE_UNAVAILABLE, "Sign-in is temporarily unavailable: the identity provider's keys could not be loaded. Try again in a moment.";
     CritUnsupported => "crit_unsupported", UNAUTHORIZED, "the header marks extensions critical (crit)";
     BadSignature => "bad_signature", UNAUTHORIZED, "the signature does not verify";
     DuplicateKey => "duplicate_key", UNAUTHORIZED, "the header or payload repeats a key";
     PayloadInvalid => "payload_invalid", UNAUTHORIZED, "the payload is not a JSON object";
+    ExpMissing => "exp_missing", UNAUTHORIZED, "the IdP's token has no exp";
     ExpInvalid => "exp_invalid", UNAUTHORIZED, "exp is not a number";
     Expired => "token_expired", UNAUTHORIZED, "the token has expired (exp)";
     NbfInvalid => "nbf_invalid", UNAUTHORIZED, "nbf is not a number";
@@ -81,6 +88,10 @@ reasons! {
     UidInvalid => "uid_invalid", UNAUTHORIZED, "the uid claim is not a non-empty string";
     ClaimInvalid => "claim_invalid", UNAUTHORIZED, "an identity claim is not a string, number or boolean";
     ControlCharacters => "claim_control_characters", UNAUTHORIZED, "an identity claim contains control characters";
+    // header-assertion sign-in (an identity-aware proxy in front of the gate)
+    AssertionMissing => "assertion_missing", UNAUTHORIZED, "No identity assertion arrived with this request (exactly one assertion header is required).";
+    AssertionUntrustedPeer => "assertion_untrusted_peer", FORBIDDEN, "This address may not send identity assertions (idp.trusted_peers).";
+    MintFailed => "mint_failed", SERVICE_UNAVAILABLE, "Sign-in is temporarily unavailable. Try again in a moment.";
     // the client's budget of refused callbacks is spent (decided before anything is read)
     Throttled => "too_many_refused_logins", TOO_MANY_REQUESTS, "Too many refused sign-in attempts from this address. Wait a moment and sign in again.";
     // single use
@@ -95,7 +106,11 @@ impl Reason {
     pub fn charges_client(self) -> bool {
         !matches!(
             self,
-            Reason::StoreFull | Reason::StoreUnavailable | Reason::Throttled
+            Reason::StoreFull
+                | Reason::StoreUnavailable
+                | Reason::Throttled
+                | Reason::IdpKeysUnavailable
+                | Reason::MintFailed
         )
     }
 

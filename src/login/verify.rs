@@ -332,7 +332,7 @@ impl Verifier {
     }
 }
 
-fn check_size(tok: &[u8]) -> Result<(), Reason> {
+pub(super) fn check_size(tok: &[u8]) -> Result<(), Reason> {
     if tok.is_empty() {
         return Err(Reason::TokenMissing);
     }
@@ -343,7 +343,7 @@ fn check_size(tok: &[u8]) -> Result<(), Reason> {
 }
 
 /// The three segments of a compact JWS, decoded from canonical base64url into one buffer.
-struct Segments {
+pub(super) struct Segments {
     decoded: Vec<u8>,
     header_end: usize,
     payload_end: usize,
@@ -352,7 +352,7 @@ struct Segments {
 }
 
 impl Segments {
-    fn decode(tok: &[u8]) -> Result<Segments, Reason> {
+    pub(super) fn decode(tok: &[u8]) -> Result<Segments, Reason> {
         if tok[0] == b'{' {
             return Err(Reason::JsonSerialization);
         }
@@ -392,22 +392,22 @@ impl Segments {
         })
     }
 
-    fn header(&self) -> &[u8] {
+    pub(super) fn header(&self) -> &[u8] {
         &self.decoded[..self.header_end]
     }
-    fn payload(&self) -> &[u8] {
+    pub(super) fn payload(&self) -> &[u8] {
         &self.decoded[self.header_end..self.payload_end]
     }
-    fn signature(&self) -> &[u8] {
+    pub(super) fn signature(&self) -> &[u8] {
         &self.decoded[self.payload_end..]
     }
-    fn signing_input<'t>(&self, tok: &'t [u8]) -> &'t [u8] {
+    pub(super) fn signing_input<'t>(&self, tok: &'t [u8]) -> &'t [u8] {
         &tok[..self.second_dot]
     }
 }
 
 /// The payload: a JSON object with no duplicate keys anywhere (nor in the header).
-fn parse_claims(payload: &[u8], header_dup: bool) -> Result<Members<'_>, Reason> {
+pub(super) fn parse_claims(payload: &[u8], header_dup: bool) -> Result<Members<'_>, Reason> {
     if header_dup {
         return Err(Reason::DuplicateKey);
     }
@@ -470,7 +470,7 @@ fn replay_key(
 }
 
 /// A JSON number as whole seconds, the way Ruby's `to_i` truncates (floor for positives).
-fn whole_seconds(v: &Claim) -> Option<i64> {
+pub(super) fn whole_seconds(v: &Claim) -> Option<i64> {
     match v {
         Claim::Num(n) => n.as_i64().or_else(|| {
             n.as_f64()
@@ -480,7 +480,7 @@ fn whole_seconds(v: &Claim) -> Option<i64> {
     }
 }
 
-fn header_value(text: &str) -> Result<HeaderValue, Reason> {
+pub(super) fn header_value(text: &str) -> Result<HeaderValue, Reason> {
     // C0 controls (CR, LF, NUL, TAB, ...) and DEL; non-ASCII text ("Zoë") is fine.
     if text.bytes().any(|b| b < 0x20 || b == 0x7f) {
         return Err(Reason::ControlCharacters);
@@ -500,7 +500,7 @@ pub fn short_hash(data: &[u8]) -> String {
     out
 }
 
-fn short_text(v: &Claim) -> String {
+pub(super) fn short_text(v: &Claim) -> String {
     match v {
         Claim::Str(s) => sanitize(s, 64),
         other => sanitize(&other.to_json(), 64),
