@@ -90,12 +90,22 @@ async fn route(
                     }
                 };
             }
+            // the IdP's keys matter to sign-ins only: git, API and pages keep flowing without
+            // them, so they never make the pod unready (sign-ins are refused meanwhile)
+            let idp_line = match app.idp_keys.as_ref().map(|k| k.usable()) {
+                None => String::new(),
+                Some(Ok(())) => "idp keys: ok\n".to_string(),
+                Some(Err(e)) => format!("idp keys warning: {e}; IdP sign-ins are refused\n"),
+            };
             let (status, head) = if ready {
                 (StatusCode::OK, "ready")
             } else {
                 (StatusCode::SERVICE_UNAVAILABLE, "not ready")
             };
-            text(status, format!("{head}\n{upstream_line}{store_line}"))
+            text(
+                status,
+                format!("{head}\n{upstream_line}{store_line}{idp_line}"),
+            )
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
     }

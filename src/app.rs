@@ -10,8 +10,9 @@ use std::time::Duration;
 use http::HeaderValue;
 
 use crate::config::{read_secret_file, Config, SecretSource, StoreKind};
+use crate::idp::IdpKeys;
 use crate::login::keys::VerifyKey;
-use crate::login::LoginGate;
+use crate::login::{idp::IdpVerifier, mint::Minter, IdpSide, LoginGate};
 use crate::proxy::{Front, IdentityHeaders, Proxy};
 use crate::reload::FileWatch;
 use crate::replay::memory::MemoryStore;
@@ -41,6 +42,8 @@ pub struct App {
     /// Things worth telling the operator: the config's, then the key's.
     pub warnings: Vec<String>,
     key_file: Option<KeyFile>,
+    /// `[idp]`: the IdP's key set, kept current in the background.
+    pub idp_keys: Option<Arc<IdpKeys>>,
 }
 
 /// `provider.secret_file`, watched for changes.
@@ -55,6 +58,31 @@ pub fn verify_key(cfg: &Config) -> Result<(VerifyKey, Vec<String>), String> {
     let p = &cfg.provider;
     VerifyKey::load(p.algorithm, &p.secret.0, cfg.gate.allow_weak_secret)
         .map_err(|e| format!("{}: {e}", p.secret_source.key()))
+}
+
+/// `[idp]`: the key set, the minting key (proved to match `[provider]`'s), the verifier.
+fn idp_side(cfg: &Config, key: &VerifyKey) -> Result<Option<(IdpSide, Arc<IdpKeys>)>, String> {
+    let Some(i) = &cfg.idp else {
+        return Ok(None);
+    };
+    let keys = Arc::new(IdpKeys::new(i)?);
+    let pem = match &i.mint_key_file {
+        Some(p) => {
+            Some(std::fs::read(p).map_err(|e| format!("idp.mint_key_file: {}: {e}", p.display()))?)
+        }
+        None => None,
+    };
+    let minter =
+        Minter::new(cfg, pem.as_deref(), key).map_err(|e| format!("idp.mint_key_file: {e}"))?;
+    let side = IdpSide {
+        verifier: IdpVerifier::new(i),
+        keys: keys.clone(),
+        minter,
+        callback: i.callback,
+        assertion_header: i.assertion_header.clone(),
+        trusted_peers: i.trusted_peers.clone(),
+    };
+    Ok(Some((side, keys)))
 }
 
 fn upstream_tls(cfg: &Config) -> Result<rustls::ClientConfig, String> {
@@ -124,7 +152,11 @@ impl App {
         };
         let client_tls = collect(upstream_tls(&cfg), &mut errs);
         let store = collect(replay_store(&cfg), &mut errs);
-        let (Some((key, key_notes)), Some(client_tls), Some(store)) = (key, client_tls, store)
+        let idp = key
+            .as_ref()
+            .and_then(|(k, _)| collect(idp_side(&cfg, k), &mut errs));
+        let (Some((key, key_notes)), Some(client_tls), Some(store), Some(idp)) =
+            (key, client_tls, store, idp)
         else {
             return Err(StartupErrors(errs));
         };
@@ -142,6 +174,10 @@ impl App {
         };
         let proxy = Proxy::new(&cfg.upstream, client_tls, front, identity_headers(&cfg));
         let gate = LoginGate::new(&cfg, key, store.clone(), not_issued_before);
+        let (gate, idp_keys) = match idp {
+            Some((side, keys)) => (gate.with_idp(side), Some(keys)),
+            None => (gate, None),
+        };
         let hsts = cfg
             .listen
             .tls
@@ -168,6 +204,7 @@ impl App {
             not_issued_before,
             warnings,
             key_file,
+            idp_keys,
         })
     }
 
@@ -177,6 +214,9 @@ impl App {
         self.store
             .clone()
             .start_maintenance(self.config.replay.sweep_interval);
+        if let Some(keys) = &self.idp_keys {
+            keys.start_background(self.config.gate.key_reload_interval);
+        }
         if self.tls.is_some() || self.key_file.is_some() {
             let every = self.reload_interval();
             crate::clock::spawn_periodic(Arc::downgrade(self), every, |app: Arc<App>| async move {

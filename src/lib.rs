@@ -5,7 +5,7 @@
 //!
 //! Imports flow one way (held by `tests/it/architecture.rs`):
 //! `config`, `telemetry`, `clock`, `reload` (leaves) ← `tls`, `replay` ← `login`, `proxy` ←
-//! `app` (startup) ← `server`, `admin` ← `tools`. The proxy knows no JWT; login never
+//! `idp` (the IdP's key set: fetched, cached) ← `app` (startup) ← `server`, `admin` ← `tools`. The proxy knows no JWT; login never
 //! forwards; nothing in the product depends on the tools.
 
 #![cfg_attr(
@@ -17,6 +17,7 @@ pub mod admin;
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod idp;
 pub mod login;
 pub mod proxy;
 pub mod reload;

@@ -72,25 +72,34 @@ async fn phases(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> Resp
     }
 
     // route
+    if is_sso(app, req.uri().path()) {
+        return sso(app, req, peer, log, version).await;
+    }
     let route = classify(req.uri().path(), &cfg.gate.callback_path);
     if let Some(r) = misrouted_callback(route) {
         return refuse(r, log, version);
     }
     let upgrade = route == Route::Other && wants_upgrade(req.headers());
     let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
 
     // login
     let (body, identity, stats) = if route == Route::Callback {
         let client = real_client(&parts.headers, peer.ip(), &cfg.listen.trusted_proxies);
         let bodiless = http_body::Body::is_end_stream(&body);
         let decided = match cfg.gate.mode {
-            GateMode::Enforce => app
-                .gate
-                .decide(&parts, body, client)
-                .await
-                .map(|a| (a.identity, a.body)),
-            GateMode::Report => report_only(app, &parts, body, client).await,
+            GateMode::Enforce => match app.gate.decide(&parts, body, client).await {
+                // with an IdP, GitLab gets the minted token in the IdP token's place; a
+                // query that would not parse is refused, never sent on with the IdP's token
+                Ok(a) => match a.query {
+                    Some(q) if !set_query(&mut parts, &q) => {
+                        Err(LoginRefusal::from(crate::login::Reason::MintFailed))
+                    }
+                    _ => Ok((a.identity, a.body)),
+                },
+                Err(r) => Err(r),
+            },
+            GateMode::Report => report_only(app, &mut parts, body, client).await,
         };
         match decided {
             Ok((identity, body)) => {
@@ -128,6 +137,70 @@ async fn phases(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> Resp
     log.reason = fwd.reason;
     let (p, b) = fwd.response.into_parts();
     Response::from_parts(p, Logged::new(b, log))
+}
+
+/// Header-assertion sign-in is on and this is its path.
+fn is_sso(app: &App, path: &str) -> bool {
+    app.gate.takes_assertions() && app.config.idp.as_ref().is_some_and(|i| i.sso_path == path)
+}
+
+/// Header-assertion sign-in: the identity-aware proxy's assertion becomes a minted token,
+/// and the gate itself sends GitLab the callback (GET callback_path?jwt=<minted>) with the
+/// browser's headers and cookies; the browser gets GitLab's answer (its session cookie and
+/// redirect). The minted token never reaches the browser.
+async fn sso(
+    app: &App,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    log: AccessLog,
+    version: http::Version,
+) -> Response<Logged> {
+    let mut log = log;
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        let r = LoginRefusal::from(crate::login::Reason::MethodNotAllowed);
+        return login_refused(app, r, false, log, version);
+    }
+    let bodiless = http_body::Body::is_end_stream(req.body());
+    let (mut parts, _body) = req.into_parts();
+    let cfg = &app.config;
+    let client = real_client(&parts.headers, peer.ip(), &cfg.listen.trusted_proxies);
+    let admitted = match app.gate.sso(&parts, peer.ip(), client).await {
+        Ok(a) => a,
+        Err(refusal) => return login_refused(app, refusal, bodiless, log, version),
+    };
+    parts.method = Method::GET;
+    let query = admitted.query.unwrap_or_default();
+    let target = format!("{}?{query}", cfg.gate.callback_path);
+    match target.parse() {
+        Ok(uri) => parts.uri = uri,
+        Err(_) => {
+            let r = LoginRefusal::from(crate::login::Reason::MintFailed);
+            return login_refused(app, r, bodiless, log, version);
+        }
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    let fwd = app
+        .proxy
+        .forward(parts, ReqBody::Full(None), admitted.identity, peer, None)
+        .await;
+    log.status = fwd.response.status().as_u16();
+    log.upstream = fwd.upstream;
+    log.reason = fwd.reason;
+    let (p, b) = fwd.response.into_parts();
+    Response::from_parts(p, Logged::new(b, log))
+}
+
+/// Replace the request's query, keeping its path; false if the result is no URI.
+fn set_query(parts: &mut http::request::Parts, query: &str) -> bool {
+    let target = format!("{}?{query}", parts.uri.path());
+    match target.parse() {
+        Ok(uri) => {
+            parts.uri = uri;
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 /// A path that is a JWT callback only in a form the gate does not verify: refused, never
@@ -240,7 +313,7 @@ fn login_refused(
 /// cannot be read whole is refused even here, since it cannot be forwarded.
 async fn report_only(
     app: &App,
-    parts: &http::request::Parts,
+    parts: &mut http::request::Parts,
     body: Incoming,
     client: std::net::IpAddr,
 ) -> Result<(Vec<(HeaderName, HeaderValue)>, Option<Bytes>), LoginRefusal> {
@@ -250,7 +323,16 @@ async fn report_only(
         .decide(parts, Full::new(bytes.clone()), client)
         .await;
     let identity = match decided {
-        Ok(admitted) => admitted.identity,
+        Ok(admitted) => {
+            // with an IdP, a verified callback goes on with the minted token, as enforced
+            if let Some(q) = &admitted.query {
+                set_query(parts, q);
+            }
+            if let Some(b) = admitted.body.filter(|b| *b != bytes) {
+                return Ok((admitted.identity, Some(b)));
+            }
+            admitted.identity
+        }
         Err(refusal) => {
             METRICS.report_would_refuse();
             tracing::warn!(
