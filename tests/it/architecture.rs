@@ -171,6 +171,16 @@ fn the_replay_store_keeps_opaque_keys() {
 }
 
 #[test]
+fn the_idp_key_set_is_kept_apart_from_requests() {
+    // idp fetches and caches keys; login verifies with them through a trait it owns
+    let (g, _) = graph();
+    for forbidden in ["proxy", "server", "app", "admin"] {
+        assert!(!deps(&g, "idp").contains(forbidden), "idp imports {forbidden}");
+    }
+    assert!(!deps(&g, "login").contains("idp"), "login imports idp");
+}
+
+#[test]
 fn nothing_in_the_product_depends_on_the_tools() {
     let (g, _) = graph();
     for (m, d) in &g {

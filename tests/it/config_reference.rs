@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use crate::common::*;
 
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "listen",
     "listen.tls",
     "admin",
@@ -15,6 +15,7 @@ const SECTIONS: [&str; 7] = [
     "provider",
     "gate",
     "replay",
+    "idp",
 ];
 
 /// Every key the reader accepts, as `section.key`, from its errors for a probe key.

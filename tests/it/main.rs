@@ -11,6 +11,7 @@ mod config_reference;
 mod deploy;
 mod h2_abuse;
 mod hostile_clients;
+mod idp;
 mod import;
 mod json_parse;
 mod login;
