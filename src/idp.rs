@@ -111,6 +111,22 @@ impl IdpKeys {
         Ok(keys)
     }
 
+    /// Load the set now, whatever the source (`explain`, which runs no background task).
+    pub async fn load_now(&self) -> Result<usize, String> {
+        match &self.source {
+            Source::Url { .. } => self.fetch().await,
+            Source::File { path, .. } => self.read_file(path),
+        }
+    }
+
+    /// Where the set comes from, for people (never a URL's query).
+    pub fn describe_source(&self) -> String {
+        match &self.source {
+            Source::Url { url, .. } => redacted(url),
+            Source::File { path, .. } => path.display().to_string(),
+        }
+    }
+
     /// Whether a key set is loaded and young enough to trust (for `/readyz`).
     pub fn usable(&self) -> Result<(), String> {
         self.current().map(|_| ())

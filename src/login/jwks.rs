@@ -26,6 +26,13 @@ pub struct Jwk {
     by_alg: Vec<(IdpAlg, Arc<ParsedPublicKey>)>,
 }
 
+impl Jwk {
+    /// The algorithms this key verifies.
+    pub fn algorithms(&self) -> impl Iterator<Item = IdpAlg> + '_ {
+        self.by_alg.iter().map(|(a, _)| *a)
+    }
+}
+
 /// A parsed key set; `notes` say which keys were skipped and why (for the log).
 #[derive(Default)]
 pub struct KeySet {

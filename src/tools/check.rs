@@ -70,6 +70,21 @@ pub fn beyond_gitlab(cfg: &Config) -> Vec<String> {
     if g.require_jti {
         v.push("jti required".to_string());
     }
+    if let Some(i) = &cfg.idp {
+        v.push(format!(
+            "[idp] (gate-only; GitLab's JWT provider never sees the IdP's token): tokens from issuer {:?} for audience {:?}, verified with the IdP's key set under [{}]; GitLab gets a token the gate mints with [provider]'s key, valid {} s, single-use",
+            i.issuer,
+            i.audience,
+            i.algorithms.iter().map(|a| a.name()).collect::<Vec<_>>().join(", "),
+            i.mint_ttl
+        ));
+        if let Some(h) = &i.assertion_header {
+            v.push(format!(
+                "header-assertion sign-in at {}: {h} accepted only from {:?}; GitLab's auth_url must point there",
+                i.sso_path, i.trusted_peers.iter().map(|n| n.to_string()).collect::<Vec<_>>()
+            ));
+        }
+    }
     if cfg.replay.reject_issued_before_start {
         v.push("tokens issued before the gate started are refused (a restart does not reopen the replay window)".to_string());
     }

@@ -4,8 +4,11 @@
 
 use std::fmt::Write as _;
 
-use crate::config::Config;
+use crate::config::{Config, IdpConfig};
+use crate::idp::IdpKeys;
 use crate::login::encoding::b64url_decode_canonical;
+use crate::login::idp::{IdpVerifier, KeySource};
+use crate::login::jwks::{KeySet, Lookup};
 use crate::login::verify::{AuditInfo, Step, Trace, Verifier};
 
 struct Collect(Vec<Step>);
@@ -56,6 +59,14 @@ pub fn explain(cfg: &Config, token: &str, now: i64) -> (String, bool) {
         }
     }
 
+    if let Some(idp) = cfg
+        .idp
+        .as_ref()
+        .filter(|i| i.callback || i.assertion_header.is_some())
+    {
+        let ok = explain_idp(idp, token, now, &mut out);
+        return (out, ok);
+    }
     let key = match crate::app::verify_key(cfg) {
         Ok((k, _)) => k,
         Err(e) => return (format!("{out}cannot load the key: {e}\n"), false),
@@ -109,6 +120,108 @@ pub fn explain(cfg: &Config, token: &str, now: i64) -> (String, bool) {
         }
     }
     (out, result.is_ok())
+}
+
+/// An IdP token: which key set, which key its kid and alg select, and the first check that
+/// fails (or the identity the minted token would carry).
+fn explain_idp(idp: &IdpConfig, token: &str, now: i64, out: &mut String) -> bool {
+    let algs: Vec<&str> = idp.algorithms.iter().map(|a| a.name()).collect();
+    let _ = writeln!(
+        out,
+        "idp: issuer {}  audience [{}]  algorithms [{}]  leeway {} s  uid_claim {}",
+        idp.issuer,
+        idp.audience.join(", "),
+        algs.join(", "),
+        idp.leeway,
+        idp.uid_claim
+    );
+    let keys = match IdpKeys::new(idp) {
+        Ok(k) => k,
+        Err(e) => {
+            let _ = writeln!(out, "cannot use the key set: {e}");
+            return false;
+        }
+    };
+    let loaded = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(keys.load_now()));
+    let set = match loaded.and_then(|_| keys.current()) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = writeln!(out, "key set {}: not loaded: {e}", keys.describe_source());
+            let _ = writeln!(out, "result: REJECTED (503 idp_keys_unavailable)");
+            return false;
+        }
+    };
+    let _ = writeln!(out, "key set {}:", keys.describe_source());
+    for k in &set.keys {
+        let algs: Vec<&str> = k.algorithms().map(|a| a.name()).collect();
+        let _ = writeln!(
+            out,
+            "  kid {}  {}  [{}]",
+            k.kid.as_deref().unwrap_or("(none)"),
+            k.kty,
+            algs.join(", ")
+        );
+    }
+    describe_key_choice(&set, token, out);
+    let mut audit = AuditInfo::default();
+    match IdpVerifier::new(idp).verify_with(token, &set, now, &mut audit) {
+        Ok(v) => {
+            let _ = writeln!(out, "the gate would mint GitLab's token for uid {}", v.uid);
+            for (k, val) in &v.claims {
+                let _ = writeln!(out, "  {k}: {val}");
+            }
+            let _ = writeln!(
+                out,
+                "result: ACCEPTED (if unused: callback mode records the IdP token until {})",
+                v.expires_at
+            );
+            true
+        }
+        Err(r) => {
+            let _ = writeln!(out, "  [FAIL] {} — {}", r.code(), r.describe());
+            let _ = writeln!(
+                out,
+                "result: REJECTED ({} {})",
+                r.status().as_u16(),
+                r.code()
+            );
+            false
+        }
+    }
+}
+
+/// Which key the token's header selects.
+fn describe_key_choice(set: &KeySet, token: &str, out: &mut String) {
+    let header = token
+        .split('.')
+        .next()
+        .and_then(decode_for_display)
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+    let Some(h) = header else { return };
+    let kid = h.get("kid").and_then(|v| v.as_str());
+    let Some(alg) = h
+        .get("alg")
+        .and_then(|v| v.as_str())
+        .and_then(crate::config::IdpAlg::from_name)
+    else {
+        return;
+    };
+    let which = match set.lookup(kid, alg) {
+        Lookup::Key(_) => "found",
+        Lookup::UnknownKid => "no key with this kid (a running gate refetches the set once)",
+        Lookup::WrongKeyType => "the kid names a key of another type",
+        Lookup::KidRequired => "no kid, and several keys could serve",
+    };
+    let _ = writeln!(
+        out,
+        "key for kid {} and {}: {which}",
+        kid.unwrap_or("(none)"),
+        alg.name()
+    );
 }
 
 /// Decode a segment for display: canonical first, then the lenient spellings ruby-jwt

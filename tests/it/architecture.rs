@@ -175,7 +175,10 @@ fn the_idp_key_set_is_kept_apart_from_requests() {
     // idp fetches and caches keys; login verifies with them through a trait it owns
     let (g, _) = graph();
     for forbidden in ["proxy", "server", "app", "admin"] {
-        assert!(!deps(&g, "idp").contains(forbidden), "idp imports {forbidden}");
+        assert!(
+            !deps(&g, "idp").contains(forbidden),
+            "idp imports {forbidden}"
+        );
     }
     assert!(!deps(&g, "login").contains("idp"), "login imports idp");
 }

@@ -801,3 +801,121 @@ async fn an_assertion_from_a_peer_that_is_not_the_identity_proxy_is_refused() {
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(up.callbacks().len(), 0);
 }
+
+#[tokio::test]
+async fn an_rsa_provider_a_key_file_and_an_oauth2_proxy_bearer_sign_in_and_explain_says_why() {
+    let dir = TempDir::new("idp-file");
+    // GitLab's JWT provider holds the public key; the gate mints with the private one
+    rsa_key(&dir.0, "gitlab.key");
+    openssl(
+        &["pkey", "-in", "gitlab.key", "-pubout", "-out", "gitlab.pub"],
+        &dir.0,
+    );
+    let first = IdpKey::new("f1", "EdDSA");
+    dir.write("jwks.json", &set_of(&[&first]));
+    let up = Upstream::start().await;
+    let cfg_text = |mint_key: &str| {
+        format!(
+            "[listen]\naddr = \"127.0.0.1:0\"\n[admin]\naddr = \"127.0.0.1:0\"\n\
+             [upstream]\nurl = \"http://{}\"\n[provider]\nalgorithm = \"RS256\"\nsecret_file = \"gitlab.pub\"\nvalid_within = 60\n\
+             [gate]\nkey_reload_interval = 0.2\n\
+             [idp]\njwks_file = \"jwks.json\"\nissuer = \"{ISS}\"\naudience = \"{AUD}\"\nmint_key_file = \"{mint_key}\"\n\
+             assertion_header = \"Authorization\"\ntrusted_peers = [\"127.0.0.1\"]\n",
+            up.addr
+        )
+    };
+    // a minting key that is not the provider's pair is refused at start, without key text
+    rsa_key(&dir.0, "other.key");
+    let (code, text) = run_check(&dir.write("bad.toml", &cfg_text("other.key")));
+    assert_ne!(code, 0);
+    assert!(text.contains("idp.mint_key_file: the private key is not the one whose public key provider.secret holds"), "{text}");
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
+    let cfg = dir.write("gate.toml", &cfg_text("gitlab.key"));
+    let (code, text) = run_check(&cfg);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("header-assertion sign-in at /-/jwt-gate/sso"),
+        "{text}"
+    );
+
+    // explain names the key the token selects, and the check that fails
+    let token = first.sign(&idp_claims("lin@example.com"));
+    let explain = |t: &str| {
+        let mut cmd = std::process::Command::new(gate_bin());
+        cmd.args(["explain", "--config"]).arg(&cfg);
+        String::from_utf8(run_with_stdin(cmd, t.as_bytes()).stdout).unwrap()
+    };
+    let report = explain(&token);
+    assert!(report.contains("kid f1  OKP  [EdDSA]"), "{report}");
+    assert!(
+        report.contains("key for kid f1 and EdDSA: found"),
+        "{report}"
+    );
+    assert!(
+        report.contains("the gate would mint GitLab's token for uid lin@example.com"),
+        "{report}"
+    );
+    let mut wrong = idp_claims("lin@example.com");
+    wrong["aud"] = json!("jenkins");
+    let report = explain(&first.sign(&wrong));
+    assert!(
+        report.contains("result: REJECTED (401 audience_mismatch)"),
+        "{report}"
+    );
+
+    let g = run_bin(&cfg).await;
+    // oauth2-proxy's way: the ID token as a bearer token
+    let sso = |t: &str| {
+        Request::get(format!("http://{}/-/jwt-gate/sso", g.addr))
+            .header("authorization", format!("Bearer {t}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let r = send(&client(), sso(&token)).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}\n{}", r.reason(), g.output());
+    let minted = minted_of(&up);
+    // GitLab's check of an RS256 token: the public key from its provider settings
+    let script = format!(
+        r#"require 'jwt'; require 'openssl'
+key = OpenSSL::PKey::RSA.new(File.read('{}'))
+d = JWT.decode(STDIN.read.strip, key, true, {{ algorithm: 'RS256' }})[0]
+raise 'iat' if (Time.now.to_i - d['iat']).abs > 60
+%w[name email].each {{ |c| raise c unless d.key?(c) }}
+puts "ok #{{d['email']}}""#,
+        dir.0.join("gitlab.pub").display()
+    );
+    let mut ruby = std::process::Command::new("ruby");
+    ruby.args(["-e", &script]);
+    let out = run_with_stdin(ruby, minted.as_bytes());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ok lin@example.com",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // the IdP rotates its file: the new key signs in, the withdrawn one does not
+    let second = IdpKey::new("f2", "ES384");
+    dir.write("jwks.json", &set_of(&[&second]));
+    let next = second.sign(&idp_claims("lin@example.com"));
+    let mut status = StatusCode::UNAUTHORIZED;
+    for _ in 0..100 {
+        status = send(&client(), sso(&next)).await.status;
+        if status == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, StatusCode::OK);
+    let old = send(&client(), sso(&first.sign(&idp_claims("lin@example.com")))).await;
+    assert_eq!(old.reason(), Some("unknown_kid"));
+    assert_eq!(
+        metric(
+            g.admin.unwrap(),
+            "jwt_gate_jwks_fetches_total{trigger=\"file_change\",result=\"ok\"}"
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(up.callbacks().len(), 2);
+}
