@@ -50,6 +50,10 @@ enum Cmd {
         /// Where the gate listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Header-assertion sign-in: a stand-in identity-aware proxy in front of the gate
+        /// vouches for the user; GitLab signs in with no click.
+        #[arg(long)]
+        sso: bool,
     },
     /// Write a development CA, a localhost server certificate and a client certificate.
     DevCert {
@@ -164,9 +168,9 @@ fn main() -> ExitCode {
             };
             runtime(|| run(cfg))
         }
-        Cmd::Demo { listen } => {
+        Cmd::Demo { listen, sso } => {
             init_logging(cli.log_format, cli.log_level.as_deref());
-            runtime(|| run_demo(listen))
+            runtime(|| run_demo(listen, sso))
         }
     }
 }
@@ -243,25 +247,44 @@ async fn run(cfg: Config) -> Result<(), String> {
     running.wait().await
 }
 
-async fn run_demo(listen: String) -> Result<(), String> {
+async fn run_demo(listen: String, sso: bool) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let (addrs, config_text, _tasks) = demo::start(addr).await.map_err(|e| e.to_string())?;
+    let started = if sso {
+        demo::start_sso(addr).await
+    } else {
+        demo::start(addr).await
+    };
+    let (addrs, config_text, _tasks) = started.map_err(|e| e.to_string())?;
     let cfg = Config::from_toml_str(&config_text).map_err(|e| e.to_string())?;
     let running = server::start_on(listener, cfg, shutdown_signal()).await?;
     println!("jwt-gate demo");
-    println!(
-        "  open            http://{}/            (GitLab stand-in, through the gate)",
-        running.addr
-    );
-    println!("  identity prov.  http://{}/login", addrs.idp);
-    println!(
-        "  stand-in GitLab http://{} (direct; do not use)",
-        addrs.gitlab
-    );
-    println!("Sign in with JWT, then open the same callback link again to see the replay refused. Ctrl-C stops.");
+    if sso {
+        tracing::info!(addr = %addrs.idp, "demo identity-aware proxy listening");
+        println!(
+            "  open            http://{}/            (the identity-aware proxy, in front of the gate)",
+            addrs.idp
+        );
+        println!("  the gate        http://{}", running.addr);
+        println!(
+            "  stand-in GitLab http://{} (direct; do not use)",
+            addrs.gitlab
+        );
+        println!("You are already signed in at the proxy as Zoë: GitLab signs you in with no click. Ctrl-C stops.");
+    } else {
+        println!(
+            "  open            http://{}/            (GitLab stand-in, through the gate)",
+            running.addr
+        );
+        println!("  identity prov.  http://{}/login", addrs.idp);
+        println!(
+            "  stand-in GitLab http://{} (direct; do not use)",
+            addrs.gitlab
+        );
+        println!("Sign in with JWT, then open the same callback link again to see the replay refused. Ctrl-C stops.");
+    }
     running.wait().await
 }
 

@@ -227,3 +227,62 @@ async fn a_browser_signs_in_through_the_demo_and_sees_the_replay_refused() {
     assert!(!text.as_str().unwrap().contains("Signed in as"));
     page.screenshot("4-replay-refused.png").await;
 }
+
+#[tokio::test]
+async fn behind_an_identity_aware_proxy_the_browser_lands_signed_in_without_a_click() {
+    let mut cmd = Command::new(gate_bin());
+    cmd.args(["demo", "--sso", "--listen", "127.0.0.1:0"]);
+    let demo = serve_bin(cmd).await;
+    // the proxy's address, from its start-up line
+    let mut proxy = None;
+    for _ in 0..100 {
+        proxy = demo
+            .output()
+            .lines()
+            .find(|l| l.contains("demo identity-aware proxy listening"))
+            .and_then(|l| l.split("addr=").nth(1))
+            .and_then(|a| a.split_whitespace().next())
+            .map(String::from);
+        if proxy.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let proxy = proxy.expect("the demo names its identity-aware proxy");
+    let profile = TempDir::new("chromium-sso");
+    let (_browser, mut page) = chromium(&profile.0).await;
+
+    // the user opens GitLab (through the proxy) and does nothing else
+    page.call(
+        "Page.navigate",
+        json!({ "url": format!("http://{proxy}/") }),
+    )
+    .await;
+    page.wait_for("document.querySelector('#signed-in')").await;
+    assert_eq!(
+        page.eval("document.querySelector('#signed-in').innerText")
+            .await,
+        json!("Signed in as zoe@example.com")
+    );
+    let identity = page
+        .eval("document.querySelector('#identity').innerText")
+        .await;
+    assert!(
+        identity.as_str().unwrap().contains("Zoë Example"),
+        "{identity}"
+    );
+    // no token in the address bar, nor anywhere in the page's history
+    assert_eq!(
+        page.eval("location.href").await,
+        json!(format!("http://{proxy}/"))
+    );
+    let history = page.call("Page.getNavigationHistory", json!({})).await;
+    let urls: Vec<String> = history["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["url"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(urls.iter().all(|u| !u.contains("jwt=")), "{urls:?}");
+    page.screenshot("5-sso-signed-in.png").await;
+}
