@@ -313,9 +313,10 @@ impl Drop for PooledBody {
         // a body with nothing left to read (HEAD, 204, 304, Content-Length: 0, or read to
         // its end without the final poll) leaves its connection reusable
         if self.body.is_end_stream() {
-            if let Some(conn) = self.conn.take() {
-                self.pool.checkin(conn);
-            }
+            // settle the connection into its idle state now (nothing to wake: the next
+            // checkout polls it again), as `release` does for a body read to its end
+            let waker = std::task::Waker::noop();
+            self.release(&mut Context::from_waker(waker));
         }
     }
 }
