@@ -475,6 +475,13 @@ async fn tokens_the_idp_did_not_make_for_gitlab_are_refused_and_nothing_reaches_
                 &base,
             ),
         ),
+        (
+            "key_in_header",
+            rsa.sign_raw(
+                &json!({"alg": "RS256", "kid": "r1", "x5u": "https://evil.test/cert.pem"}),
+                &base,
+            ),
+        ),
         ("bad_signature", {
             let t = ec.sign(&base);
             let other = IdpKey::new("e1", "ES256");
@@ -502,6 +509,32 @@ async fn tokens_the_idp_did_not_make_for_gitlab_are_refused_and_nothing_reaches_
     ))
     .await;
     assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.reason());
+    // a POST callback: the form body carries the minted token in the IdP token's place,
+    // every other field unchanged, and the length GitLab reads is the new body's
+    let idp_token = ec.sign(&idp_claims("post@example.com"));
+    let form = format!("utf8=%E2%9C%93&jwt={idp_token}&remember_me=1");
+    let req = Request::post(format!("http://{}/users/auth/jwt/callback", g.addr))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(form)))
+        .unwrap();
+    let r = send(&client(), req).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.reason());
+    let cb = up.callbacks().pop().unwrap();
+    let body = String::from_utf8(cb.body.to_vec()).unwrap();
+    let minted = body
+        .strip_prefix("utf8=%E2%9C%93&jwt=")
+        .and_then(|b| b.strip_suffix("&remember_me=1"))
+        .unwrap_or_else(|| panic!("{body}"));
+    assert_ne!(minted, idp_token);
+    assert_eq!(
+        gitlab_verdict(&[minted.to_string()])[0],
+        "ok post@example.com Ada Lovelace"
+    );
+    assert_eq!(
+        cb.headers["content-length"],
+        body.len().to_string().as_str()
+    );
+    assert_eq!(cb.target, "/users/auth/jwt/callback");
     // no URL from a token's header was ever fetched: the IdP saw the start fetch and the
     // one refetch the unknown kid caused
     assert_eq!(idp.fetches(), 2);
