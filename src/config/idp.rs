@@ -199,38 +199,6 @@ fn read_algorithms(s: &mut Section) -> Vec<IdpAlg> {
     algs
 }
 
-fn read_claims(s: &mut Section, t: Option<Table>) -> Vec<(String, String)> {
-    let Some(t) = t else {
-        return vec![
-            ("name".to_string(), "name".to_string()),
-            ("email".to_string(), "email".to_string()),
-        ];
-    };
-    let mut out = Vec::new();
-    for (k, v) in t {
-        match v {
-            Value::String(c) if !c.is_empty() => out.push((k, c)),
-            _ => s.err("claims", format!("{k}: expected an IdP claim name")),
-        }
-    }
-    out
-}
-
-fn read_peers(s: &mut Section) -> Vec<IpNet> {
-    let peers: Vec<String> = s.get("trusted_peers", Vec::new());
-    let mut out = Vec::new();
-    for p in peers {
-        match p
-            .parse::<IpNet>()
-            .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from))
-        {
-            Ok(n) => out.push(n),
-            Err(_) => s.err("trusted_peers", format!("not a CIDR or IP address: {p:?}")),
-        }
-    }
-    out
-}
-
 fn read_header(s: &mut Section) -> Option<HeaderName> {
     let name: Option<String> = s.opt("assertion_header");
     let name = name?;
@@ -275,15 +243,14 @@ pub(crate) fn read(
         s.err("leeway", "must be between 0 and 300 seconds");
     }
     let uid_claim: String = s.get("uid_claim", "email".to_string());
-    let claims_t: Option<Table> = s.opt("claims");
-    let claims = read_claims(&mut s, claims_t);
+    let claims = s.claim_map("claims", &[("name", "name"), ("email", "email")]);
     let callback: bool = s.get("callback", true);
     let assertion_header = read_header(&mut s);
     let sso_path: String = s.get("sso_path", DEFAULT_SSO_PATH.to_string());
     if !sso_path.starts_with('/') || sso_path.contains(['?', '#', '%']) {
         s.err("sso_path", "must be a plain absolute path");
     }
-    let trusted_peers = read_peers(&mut s);
+    let trusted_peers = s.cidrs("trusted_peers");
     if assertion_header.is_some() && trusted_peers.is_empty() {
         s.err(
             "trusted_peers",

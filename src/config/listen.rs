@@ -114,20 +114,7 @@ pub(crate) fn read(t: &Table, base: &Path, errs: &mut Vec<String>) -> ListenConf
     let mut s = Section::new("listen", t, errs);
     let addr: String = s.get("addr", DEFAULT_ADDR.to_string());
     let addr = parse_addr(&mut s, "addr", &addr);
-    let proxies: Vec<String> = s.get("trusted_proxies", Vec::new());
-    let mut trusted_proxies = Vec::new();
-    for p in proxies {
-        match p
-            .parse::<IpNet>()
-            .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from))
-        {
-            Ok(n) => trusted_proxies.push(n),
-            Err(_) => s.err(
-                "trusted_proxies",
-                format!("not a CIDR or IP address: {p:?}"),
-            ),
-        }
-    }
+    let trusted_proxies = s.cidrs("trusted_proxies");
     let header_read_timeout = s.secs("header_read_timeout", DEFAULT_HEADER_READ_TIMEOUT);
     let max_headers = s.positive("max_headers", DEFAULT_MAX_HEADERS, 10_000) as usize;
     let max_header_bytes =

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use toml::{Table, Value};
+use toml::Table;
 
 use super::algorithm::{Algorithm, Family};
 use super::reader::Section;
@@ -78,29 +78,6 @@ pub fn read_secret_file(path: &Path, alg: Option<Algorithm>) -> std::io::Result<
     Ok(b)
 }
 
-fn read_info_map(s: &mut Section, t: Option<Table>) -> Vec<(String, String)> {
-    let Some(t) = t else {
-        return vec![
-            ("name".to_string(), "name".to_string()),
-            ("email".to_string(), "email".to_string()),
-        ];
-    };
-    let mut info_map = Vec::new();
-    for (k, v) in t {
-        match v {
-            Value::String(claim) => info_map.push((k, claim)),
-            other => s.err(
-                "info_map",
-                format!(
-                    "{k}: expected a claim name string, found {}",
-                    other.type_str()
-                ),
-            ),
-        }
-    }
-    info_map
-}
-
 pub(crate) fn read(t: &Table, base: &Path, errs: &mut Vec<String>) -> ProviderConfig {
     let mut s = Section::new("provider", t, errs);
     let alg_name: String = s.get("algorithm", DEFAULT_ALGORITHM.name().to_string());
@@ -121,7 +98,6 @@ pub(crate) fn read(t: &Table, base: &Path, errs: &mut Vec<String>) -> ProviderCo
         "required_claims",
         DEFAULT_REQUIRED_CLAIMS.map(String::from).to_vec(),
     );
-    let info_map_t: Option<Table> = s.opt("info_map");
     let auth_url: Option<String> = s.opt("auth_url");
     let issuer: Option<String> = s.opt("issuer");
     if issuer.as_deref() == Some("") {
@@ -146,7 +122,7 @@ pub(crate) fn read(t: &Table, base: &Path, errs: &mut Vec<String>) -> ProviderCo
     if uid_claim.is_empty() {
         s.err("uid_claim", "must not be empty");
     }
-    let info_map = read_info_map(&mut s, info_map_t);
+    let info_map = s.claim_map("info_map", &[("name", "name"), ("email", "email")]);
     let (secret, secret_source) = match (secret, secret_file) {
         (Some(_), Some(_)) => {
             s.err("secret", "set either secret or secret_file, not both");

@@ -92,6 +92,51 @@ impl<'a> Section<'a> {
         v as u64
     }
 
+    /// A table of names to claim names (`info_map`, `idp.claims`); absent: `default`.
+    pub(crate) fn claim_map(
+        &mut self,
+        key: &'static str,
+        default: &[(&str, &str)],
+    ) -> Vec<(String, String)> {
+        let t: Option<Table> = self.opt(key);
+        let Some(t) = t else {
+            return default
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        };
+        let mut map = Vec::new();
+        for (k, v) in t {
+            match v {
+                Value::String(claim) => map.push((k, claim)),
+                other => self.err(
+                    key,
+                    format!(
+                        "{k}: expected a claim name string, found {}",
+                        other.type_str()
+                    ),
+                ),
+            }
+        }
+        map
+    }
+
+    /// A list of CIDR ranges or single addresses (an address is its /32 or /128).
+    pub(crate) fn cidrs(&mut self, key: &'static str) -> Vec<ipnet::IpNet> {
+        let items: Vec<String> = self.get(key, Vec::new());
+        let mut out = Vec::new();
+        for p in items {
+            match p
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            {
+                Ok(n) => out.push(n),
+                Err(_) => self.err(key, format!("not a CIDR or IP address: {p:?}")),
+            }
+        }
+        out
+    }
+
     /// Report every key of the table that no read asked for.
     pub(crate) fn finish(self) {
         let unknown: Vec<String> = self

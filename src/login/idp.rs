@@ -11,7 +11,8 @@ use super::json::{parse_members_lenient, Claim, Members};
 use super::jwks::{ecdsa_sig_len, KeySet, Lookup};
 use super::reason::Reason;
 use super::verify::{
-    check_size, parse_claims, short_hash, short_text, whole_seconds, AuditInfo, Segments,
+    aud_names_one_of, check_size, parse_claims, short_hash, short_text, whole_seconds, AuditInfo,
+    Segments,
 };
 use crate::config::{IdpAlg, IdpConfig};
 
@@ -179,15 +180,7 @@ impl IdpVerifier {
             Some(Claim::Str(iss)) if iss.as_ref() == self.cfg.issuer => {}
             _ => return Err(Reason::IssuerMismatch),
         }
-        let wanted = |a: &str| self.cfg.audience.iter().any(|w| w == a);
-        let ok = match claims.get("aud") {
-            Some(Claim::Str(a)) => wanted(a),
-            Some(Claim::Nested(Value::Array(items))) => {
-                items.iter().any(|a| a.as_str().is_some_and(wanted))
-            }
-            _ => false,
-        };
-        if ok {
+        if aud_names_one_of(claims, &self.cfg.audience) {
             Ok(())
         } else {
             Err(Reason::AudienceMismatch)

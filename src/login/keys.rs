@@ -12,7 +12,7 @@ use super::encoding::pem_first_block;
 
 pub use crate::config::{Algorithm, Family};
 
-fn hmac_alg(alg: Algorithm) -> hmac::Algorithm {
+pub(super) fn hmac_alg(alg: Algorithm) -> hmac::Algorithm {
     match alg {
         Algorithm::HS384 => hmac::HMAC_SHA384,
         Algorithm::HS512 => hmac::HMAC_SHA512,
@@ -32,7 +32,7 @@ fn verification(alg: Algorithm) -> &'static dyn signature::VerificationAlgorithm
     }
 }
 
-fn ecdsa_signing(alg: Algorithm) -> &'static signature::EcdsaSigningAlgorithm {
+pub(super) fn ecdsa_signing(alg: Algorithm) -> &'static signature::EcdsaSigningAlgorithm {
     match alg {
         Algorithm::ES384 => &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
         Algorithm::ES512 => &signature::ECDSA_P521_SHA512_FIXED_SIGNING,

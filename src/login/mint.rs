@@ -11,7 +11,7 @@ use aws_lc_rs::signature::{self, EcdsaKeyPair, RsaKeyPair};
 use serde_json::{Map, Value};
 
 use super::encoding::{b64url_encode, pem_first_block};
-use super::keys::{Algorithm, Family, VerifyKey};
+use super::keys::{ecdsa_signing, hmac_alg, Algorithm, Family, VerifyKey};
 use crate::config::Config;
 
 enum SigningKey {
@@ -38,14 +38,6 @@ fn rsa_padding(alg: Algorithm) -> &'static dyn signature::RsaEncoding {
     }
 }
 
-fn ecdsa_alg(alg: Algorithm) -> &'static signature::EcdsaSigningAlgorithm {
-    match alg {
-        Algorithm::ES384 => &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
-        Algorithm::ES512 => &signature::ECDSA_P521_SHA512_FIXED_SIGNING,
-        _ => &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-    }
-}
-
 impl Minter {
     /// The signing key: the provider's secret (HS*), or `private_pem` (RS*/ES*), which must
     /// be the private half of the provider's public key (`check` proves it by signing and
@@ -58,11 +50,7 @@ impl Minter {
         let alg = cfg.provider.algorithm;
         let key = match (alg.family(), private_pem) {
             (Family::Hmac, _) => SigningKey::Hmac(Box::new(hmac::Key::new(
-                match alg {
-                    Algorithm::HS384 => hmac::HMAC_SHA384,
-                    Algorithm::HS512 => hmac::HMAC_SHA512,
-                    _ => hmac::HMAC_SHA256,
-                },
+                hmac_alg(alg),
                 &cfg.provider.secret.0,
             ))),
             (_, None) => return Err("no private key to sign with".into()),
@@ -79,8 +67,10 @@ impl Minter {
             (Family::Ecdsa, Some(pem)) => {
                 let b = pem_first_block(pem)?;
                 let kp = match b.label.as_str() {
-                    "PRIVATE KEY" => EcdsaKeyPair::from_pkcs8(ecdsa_alg(alg), &b.der),
-                    "EC PRIVATE KEY" => EcdsaKeyPair::from_private_key_der(ecdsa_alg(alg), &b.der),
+                    "PRIVATE KEY" => EcdsaKeyPair::from_pkcs8(ecdsa_signing(alg), &b.der),
+                    "EC PRIVATE KEY" => {
+                        EcdsaKeyPair::from_private_key_der(ecdsa_signing(alg), &b.der)
+                    }
                     other => return Err(format!("{other} PEM is not an EC private key")),
                 }
                 .map_err(|e| format!("not a {} private key: {e}", alg.name()))?;

@@ -250,18 +250,8 @@ impl Verifier {
                 _ => return Err(Reason::IssuerMismatch),
             }
         }
-        if !self.audience.is_empty() {
-            let wanted = |a: &str| self.audience.iter().any(|w| w == a);
-            let ok = match claims.get("aud") {
-                Some(Claim::Str(a)) => wanted(a),
-                Some(Claim::Nested(serde_json::Value::Array(items))) => {
-                    items.iter().any(|a| a.as_str().is_some_and(wanted))
-                }
-                _ => false,
-            };
-            if !ok {
-                return Err(Reason::AudienceMismatch);
-            }
+        if !self.audience.is_empty() && !aud_names_one_of(claims, &self.audience) {
+            return Err(Reason::AudienceMismatch);
         }
         Ok(())
     }
@@ -329,6 +319,18 @@ impl Verifier {
             identity.push((name.clone(), header_value(&text)?));
         }
         Ok(identity)
+    }
+}
+
+/// RFC 7519 §4.1.3: `aud` is a string or an array of strings; it must name one of `wanted`.
+pub(super) fn aud_names_one_of(claims: &Members, wanted: &[String]) -> bool {
+    let wanted = |a: &str| wanted.iter().any(|w| w == a);
+    match claims.get("aud") {
+        Some(Claim::Str(a)) => wanted(a),
+        Some(Claim::Nested(serde_json::Value::Array(items))) => {
+            items.iter().any(|a| a.as_str().is_some_and(wanted))
+        }
+        _ => false,
     }
 }
 

@@ -371,16 +371,7 @@ async fn gitlab_page(req: Request<Incoming>, idp: SocketAddr) -> Response<Full<B
     match (req.method(), path.trim_end_matches('/')) {
         (&Method::POST, "/users/auth/jwt") => redirect(&format!("http://{idp}/login")),
         (_, "/users/auth/jwt/callback") => {
-            let mut rows = String::new();
-            for (k, v) in req.headers() {
-                if k.as_str().starts_with("x-auth-request-") {
-                    rows.push_str(&format!(
-                        "<tr><td>{}</td><td>{}</td></tr>",
-                        html_escape(k.as_str()),
-                        html_escape(&String::from_utf8_lossy(v.as_bytes()))
-                    ));
-                }
-            }
+            let rows = identity_rows(&req);
             let user = req
                 .headers()
                 .get("x-auth-request-user")
