@@ -160,7 +160,7 @@ impl RedisStore {
     /// Records vanish silently when Redis restarts without persistence, is flushed, or fails
     /// over to a replica that never had them. An epoch key, created once and never expiring,
     /// tells: when it is missing or different from the one this gate knew, the records may be
-    /// gone, and every token issued before the new epoch's creation is refused from then on
+    /// gone, and every token issued up to the new epoch's creation second is refused from then on
     /// (forwarded tokens never have an iat later than their use, so none of them can pass
     /// twice). A missing epoch at the gate's start counts as a loss too. Checked at each
     /// connect, on `/readyz` and every few seconds.
@@ -192,9 +192,12 @@ impl RedisStore {
                 .next()
                 .and_then(|t| t.parse().ok())
                 .unwrap_or_else(crate::clock::unix_now);
-            // from the epoch's own second on: a record lost in that very second is the one
-            // edge left (sub-second; the memory store's restart closes it by waiting)
-            self.floor.fetch_max(since, Ordering::Relaxed);
+            // through the epoch's own second: a token issued in the second the records were
+            // lost may have been used just before the loss (bench/failover.py, Redis
+            // restarted empty at 40 logins/s: 5 replays passed when the floor was the
+            // epoch's second itself). Fresh tokens of that one second are refused too.
+            self.floor
+                .fetch_max(since.saturating_add(1), Ordering::Relaxed);
             tracing::error!(target: "jwt_gate::replay", epoch = %now_epoch, "the replay store's epoch is new: its records may have been lost (restart without persistence, flush, failover); tokens issued up to it are refused");
         }
         *known = Some(now_epoch);
@@ -284,18 +287,46 @@ impl RedisStore {
         name
     }
 
-    /// One `SET NX` with this attempt's value, within the response timeout.
-    async fn try_set(&self, name: &str, attempt: &str, ttl_ms: i64) -> Result<bool, String> {
+    /// One `SET NX` with this attempt's value, pipelined behind a `GET` of the epoch on the
+    /// same connection (one round trip), within the response timeout: whether the key was
+    /// set, and the epoch the server holds. A connection the manager remade by itself on a
+    /// Redis that restarted empty is thus noticed by the very record that meets it
+    /// (bench/failover.py: without this, a replay passed in the gap until the next
+    /// periodic check).
+    async fn try_set(
+        &self,
+        name: &str,
+        attempt: &str,
+        ttl_ms: i64,
+    ) -> Result<(bool, Option<String>), String> {
         let mut conn = self.connection().await.map_err(|e| e.to_string())?;
-        let set = redis::cmd("SET")
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(format!("{}epoch", self.prefix));
+        pipe.cmd("SET")
             .arg(name)
             .arg(attempt)
             .arg("NX")
             .arg("PX")
-            .arg(ttl_ms)
-            .clone();
-        let reply = ask::<Option<String>>(&mut conn, &set, self.response_timeout).await?;
-        Ok(reply.is_some())
+            .arg(ttl_ms);
+        let (epoch, reply): (Option<String>, Option<String>) =
+            tokio::time::timeout(self.response_timeout, pipe.query_async(&mut conn))
+                .await
+                .map_err(|_| "Redis did not answer in time".to_string())?
+                .map_err(|e| e.to_string())?;
+        Ok((reply.is_some(), epoch))
+    }
+
+    /// After a record: when the server's epoch is not the one this gate knows, check it
+    /// (which raises the floor on a loss); then refuse a token issued before the floor.
+    async fn epoch_refuses(&self, seen: Option<&str>, iat: i64) -> bool {
+        let known_differs = {
+            let known = self.epoch.lock().unwrap_or_else(|e| e.into_inner());
+            known.as_deref() != seen
+        };
+        if known_differs {
+            self.check_epoch().await;
+        }
+        self.issued_floor().is_some_and(|f| iat < f)
     }
 
     /// Who holds `name` now: the value written by the attempt that recorded it.
@@ -327,20 +358,30 @@ impl RedisStore {
         let attempt = random_hex16();
         let value = format!("{attempt}|{}|{}", use_.at_ms, use_.client);
         let first = match self.try_set(&name, &value, ttl_ms).await {
-            Ok(true) => return self.wait_for_replicas().await.map(|()| Recorded::Fresh),
-            Ok(false) => return Ok(self.replayed(&name).await),
+            Ok((_, epoch)) if self.epoch_refuses(epoch.as_deref(), iat).await => {
+                return Ok(Recorded::BeforeEpoch)
+            }
+            Ok((true, _)) => return self.wait_for_replicas().await.map(|()| Recorded::Fresh),
+            Ok((false, _)) => return Ok(self.replayed(&name).await),
             Err(e) => e,
         };
         // once more, on a connection the manager (or, with Sentinel, a new master) remade;
         // a broken connection may mean a restarted Redis: when its epoch is new, this login
         // fails closed, and the next one meets the refusal of older tokens
         self.reset().await;
-        if self.check_epoch().await && self.issued_floor().is_some_and(|f| iat < f) {
+        // the floor, not this check's verdict: the reconnect itself may have found the new
+        // epoch (connect checks it), and then this check sees nothing new (bench/failover.py,
+        // Redis restarted empty: 5 replays passed at 40 logins/s before this)
+        self.check_epoch().await;
+        if self.issued_floor().is_some_and(|f| iat < f) {
             return Ok(Recorded::BeforeEpoch);
         }
         match self.try_set(&name, &value, ttl_ms).await {
-            Ok(true) => self.wait_for_replicas().await.map(|()| Recorded::Fresh),
-            Ok(false) => match self.holder(&name).await {
+            Ok((_, epoch)) if self.epoch_refuses(epoch.as_deref(), iat).await => {
+                Ok(Recorded::BeforeEpoch)
+            }
+            Ok((true, _)) => self.wait_for_replicas().await.map(|()| Recorded::Fresh),
+            Ok((false, _)) => match self.holder(&name).await {
                 // the first attempt landed and only its reply was lost
                 Ok(Some(v)) if parse_value(&v).0 == attempt => {
                     self.wait_for_replicas().await.map(|()| Recorded::Fresh)
