@@ -4,6 +4,7 @@ gate in front of a tiny upstream, 500 sequential HS256 logins (after 100 to warm
 min_replicas 0 and 1; prints client-side p50/p99 in microseconds. Bounded, loopback only.
     python3 bench/redis_wait.py target/release/jwt-gate
 """
+import base64, hashlib, hmac, http.client, json, os, re, socket, statistics, subprocess, sys, tempfile, threading, time, urllib.request
 SECRET=b"hostile-bench-secret-0123456789abcdef"
 def b64(b): return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 def tok(i):
