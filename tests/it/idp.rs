@@ -288,6 +288,16 @@ async fn gate_with(
     panic!("the gate never loaded the IdP's keys:\n{}", served.output());
 }
 
+/// A stand-in IdP serving `keys`, a recording upstream, and the gate with `extra` in
+/// `[idp]`, its keys loaded.
+async fn world(tag: &str, keys: &[&IdpKey], extra: &str) -> (TempDir, Idp, Upstream, Served) {
+    let dir = TempDir::new(tag);
+    let idp = Idp::start(&dir, keys).await;
+    let up = Upstream::start().await;
+    let g = gate_for(&dir, up.addr, &idp, extra).await;
+    (dir, idp, up, g)
+}
+
 fn callback_url(addr: SocketAddr, token: &str) -> String {
     format!("http://{addr}/users/auth/jwt/callback?state=s1&jwt={token}")
 }
@@ -406,10 +416,7 @@ async fn every_idp_algorithm_signs_in_and_gitlab_gets_a_fresh_token_its_verifier
 async fn tokens_the_idp_did_not_make_for_gitlab_are_refused_and_nothing_reaches_it() {
     let rsa = IdpKey::new("r1", "RS256");
     let ec = IdpKey::new("e1", "ES256");
-    let dir = TempDir::new("idp-bad");
-    let idp = Idp::start(&dir, &[&rsa, &ec]).await;
-    let up = Upstream::start().await;
-    let g = gate_for(&dir, up.addr, &idp, "leeway = 5\n").await;
+    let (_dir, idp, up, g) = world("idp-bad", &[&rsa, &ec], "leeway = 5\n").await;
     let base = idp_claims("eve@example.com");
     let with = |k: &str, v: Value| {
         let mut c = base.clone();
@@ -544,10 +551,7 @@ async fn tokens_the_idp_did_not_make_for_gitlab_are_refused_and_nothing_reaches_
 async fn key_rotation_is_followed_and_an_unknown_kid_refetches_at_most_once_per_interval() {
     let old = IdpKey::new("2026-11", "ES256");
     let new = IdpKey::new("2026-12", "ES256");
-    let dir = TempDir::new("idp-rotate");
-    let idp = Idp::start(&dir, &[&old]).await;
-    let up = Upstream::start().await;
-    let g = gate_for(&dir, up.addr, &idp, "").await;
+    let (_dir, idp, up, g) = world("idp-rotate", &[&old], "").await;
     let ok = get(&callback_url(
         g.addr,
         &old.sign(&idp_claims("a@example.com")),
@@ -597,13 +601,9 @@ async fn key_rotation_is_followed_and_an_unknown_kid_refetches_at_most_once_per_
 #[tokio::test]
 async fn with_the_jwks_endpoint_down_cached_keys_serve_until_max_age_then_logins_fail_closed() {
     let k = IdpKey::new("k", "EdDSA");
-    let dir = TempDir::new("idp-down");
-    let idp = Idp::start(&dir, &[&k]).await;
-    let up = Upstream::start().await;
-    let g = gate_for(
-        &dir,
-        up.addr,
-        &idp,
+    let (_dir, idp, up, g) = world(
+        "idp-down",
+        &[&k],
         "jwks_refresh = 0.3\njwks_min_refresh = 0.3\njwks_max_age = 2\n",
     )
     .await;
@@ -734,16 +734,7 @@ async fn bad_key_sets_are_logged_and_never_trusted() {
 #[tokio::test]
 async fn a_header_assertion_signs_in_with_no_token_in_the_browser() {
     let k = IdpKey::new("cf", "RS256");
-    let dir = TempDir::new("idp-sso");
-    let idp = Idp::start(&dir, &[&k]).await;
-    let up = Upstream::start().await;
-    let g = gate_for(
-        &dir,
-        up.addr,
-        &idp,
-        "assertion_header = \"Cf-Access-Jwt-Assertion\"\ntrusted_peers = [\"127.0.0.1\"]\ncallback = false\n",
-    )
-    .await;
+    let (_dir, _idp, up, g) = world("idp-sso", &[&k], "assertion_header = \"Cf-Access-Jwt-Assertion\"\ntrusted_peers = [\"127.0.0.1\"]\ncallback = false\n").await;
     let assertion = k.sign(&idp_claims("grace@example.com"));
     let sso = |assertion: Option<&str>| {
         let mut b = Request::get(format!("http://{}/-/jwt-gate/sso", g.addr))
@@ -809,16 +800,7 @@ async fn a_header_assertion_signs_in_with_no_token_in_the_browser() {
 #[tokio::test]
 async fn an_assertion_from_a_peer_that_is_not_the_identity_proxy_is_refused() {
     let k = IdpKey::new("cf", "ES256");
-    let dir = TempDir::new("idp-untrusted");
-    let idp = Idp::start(&dir, &[&k]).await;
-    let up = Upstream::start().await;
-    let g = gate_for(
-        &dir,
-        up.addr,
-        &idp,
-        "assertion_header = \"X-Pomerium-Jwt-Assertion\"\ntrusted_peers = [\"10.20.30.40/32\"]\ncallback = false\n",
-    )
-    .await;
+    let (_dir, _idp, up, g) = world("idp-untrusted", &[&k], "assertion_header = \"X-Pomerium-Jwt-Assertion\"\ntrusted_peers = [\"10.20.30.40/32\"]\ncallback = false\n").await;
     let assertion = k.sign(&idp_claims("mallory@example.com"));
     // even with an X-Forwarded-For naming the proxy: the TCP peer is what counts
     let req = Request::get(format!("http://{}/-/jwt-gate/sso", g.addr))
