@@ -157,14 +157,21 @@ def jwk(alg):
     return {"keys": [{"kty": "EC", "alg": "ES256", "crv": "P-256", "x": b64(n.x.to_bytes(32, "big")), "y": b64(n.y.to_bytes(32, "big"))}]}
 
 
+MINTED = [0]   # tokens numbered so far: every file continues the numbering
+
+
 def mint(alg, count, name):
     key = SECRET if alg == "HS256" else str(WORK / f"{alg[:2].lower()}.key")
     path = WORK / name
     # two processes (both cores) for the slow RSA signatures
     half = count // 2 + 1
+    base = MINTED[0]
+    MINTED[0] += 2 * half
     with open(path, "w") as f:
-        # each process numbers its tokens from its own offset: jtis never repeat
-        ps = [subprocess.Popen([str(MINT), key, str(half), "3600", alg, str(i * half)], stdout=subprocess.PIPE, text=True)
+        # each process numbers its tokens from its own offset, and each file from where the
+        # last one stopped: jtis never repeat, even for files minted within one second
+        # (the jti is bench-<second>-<number>; HS256 files used to repeat each other's)
+        ps = [subprocess.Popen([str(MINT), key, str(half), "3600", alg, str(base + i * half)], stdout=subprocess.PIPE, text=True)
               for i in range(2)]
         for p in ps:
             f.write(p.communicate()[0])
