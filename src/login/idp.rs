@@ -4,15 +4,14 @@
 
 use std::sync::Arc;
 
-use aws_lc_rs::digest;
 use serde_json::Value;
 
 use super::json::{parse_members_lenient, Claim, Members};
 use super::jwks::{ecdsa_sig_len, KeySet, Lookup};
 use super::reason::Reason;
 use super::verify::{
-    aud_names_one_of, check_size, parse_claims, short_hash, short_text, whole_seconds, AuditInfo,
-    Segments,
+    aud_names_one_of, check_size, parse_claims, short_hash, short_text, use_digest, whole_seconds,
+    AuditInfo, Segments,
 };
 use crate::config::{IdpAlg, IdpConfig};
 
@@ -214,22 +213,12 @@ impl IdpVerifier {
         signing_input: &[u8],
         audit: &mut AuditInfo,
     ) -> [u8; 32] {
-        let mut ctx = digest::Context::new(&digest::SHA256);
         match claims.get("jti") {
             Some(Claim::Str(jti)) if !jti.is_empty() => {
                 audit.jti_hash = Some(short_hash(jti.as_bytes()));
-                ctx.update(b"idp-jti\0");
-                ctx.update(&(self.cfg.issuer.len() as u64).to_be_bytes());
-                ctx.update(self.cfg.issuer.as_bytes());
-                ctx.update(jti.as_bytes());
+                use_digest(b"idp-jti\0", &[self.cfg.issuer.as_bytes(), jti.as_bytes()])
             }
-            _ => {
-                ctx.update(b"idp-sig\0");
-                ctx.update(signing_input);
-            }
+            _ => use_digest(b"idp-sig\0", &[signing_input]),
         }
-        let mut out = [0u8; 32];
-        out.copy_from_slice(ctx.finish().as_ref());
-        out
     }
 }

@@ -447,7 +447,6 @@ fn replay_key(
     signing_input: &[u8],
     audit: &mut AuditInfo,
 ) -> [u8; 32] {
-    let mut ctx = digest::Context::new(&digest::SHA256);
     match jti {
         Some(jti) => {
             audit.jti_hash = Some(short_hash(jti.as_bytes()));
@@ -456,15 +455,24 @@ fn replay_key(
                 Some(other) => other.to_json().into(),
                 None => "".into(),
             };
-            ctx.update(b"jti\0");
-            ctx.update(&(iss.len() as u64).to_be_bytes());
-            ctx.update(iss.as_bytes());
-            ctx.update(jti.as_bytes());
+            use_digest(b"jti\0", &[iss.as_bytes(), jti.as_bytes()])
         }
-        None => {
-            ctx.update(b"sig\0");
-            ctx.update(signing_input);
+        None => use_digest(b"sig\0", &[signing_input]),
+    }
+}
+
+/// SHA-256 over a tag, then the parts that identify one use, each but the last prefixed
+/// by its length (an issuer ending where a jti begins cannot collide with another split).
+/// Provider and IdP tokens use different tags, so their keys never meet.
+pub(super) fn use_digest(tag: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(tag);
+    if let Some((last, first)) = parts.split_last() {
+        for p in first {
+            ctx.update(&(p.len() as u64).to_be_bytes());
+            ctx.update(p);
         }
+        ctx.update(last);
     }
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.finish().as_ref());
@@ -666,6 +674,26 @@ mod tests {
         assert_eq!(ok.identity.len(), 2, "a null info claim adds no header");
         let t = sign(H, &format!(r#"{{"name":"N","email":null,"iat":{NOW}}}"#));
         assert_eq!(check(&v, &t).unwrap_err(), Reason::UidInvalid);
+    }
+
+    #[test]
+    fn replay_digests_keep_the_bytes_records_already_in_redis_were_made_with() {
+        // tag, length of the issuer (8 bytes, big-endian), issuer, jti: the layout before
+        // use_digest; a change would turn every live record into a miss after an upgrade
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        for part in [&b"jti\0"[..], &3u64.to_be_bytes(), b"iss", b"the-jti"] {
+            ctx.update(part);
+        }
+        let want = ctx.finish();
+        assert_eq!(
+            use_digest(b"jti\0", &[b"iss", b"the-jti"]).as_slice(),
+            want.as_ref()
+        );
+        let sig = digest::digest(&digest::SHA256, b"sig\0header.payload");
+        assert_eq!(
+            use_digest(b"sig\0", &[b"header.payload"]).as_slice(),
+            sig.as_ref()
+        );
     }
 
     #[test]
