@@ -47,6 +47,9 @@ pub enum EvictionCheck {
 pub struct RedisSettings {
     /// `redis://`, `rediss://`, `redis+unix:///path`, or a socket path (`/var/opt/gitlab/redis/redis.socket`).
     pub url: Option<String>,
+    /// Redis Cluster: the seed nodes (`redis_url` as a list, or one URL with
+    /// `redis_cluster = true`). Empty: not a cluster.
+    pub cluster_nodes: Vec<String>,
     /// `host:port` of each sentinel; with `master_name`.
     pub sentinels: Vec<String>,
     pub master_name: Option<String>,
@@ -66,6 +69,7 @@ impl std::fmt::Debug for RedisSettings {
         // the URL may carry a password: say only which form is configured
         f.debug_struct("RedisSettings")
             .field("url", &self.url.as_ref().map(|_| ".."))
+            .field("cluster_nodes", &self.cluster_nodes.len())
             .field("sentinels", &self.sentinels.len())
             .field("master_name", &self.master_name)
             .field("password", &self.password.as_ref().map(|_| ".."))
@@ -93,7 +97,8 @@ pub(crate) fn read(t: &Table, base: &Path, errs: &mut Vec<String>) -> ReplayConf
     let reject_issued_before_start = s.get("reject_issued_before_start", store != StoreKind::Redis);
     let sweep_interval = s.secs("sweep_interval", DEFAULT_SWEEP_INTERVAL);
     let ready_requires_store = s.get("ready_requires_store", false);
-    let redis_url: Option<String> = s.opt("redis_url");
+    let redis_urls = read_urls(&mut s);
+    let cluster_flag: bool = s.get("redis_cluster", false);
     let sentinels: Vec<String> = s.get("sentinels", Vec::new());
     let master_name: Option<String> = s.opt("master_name");
     let password_file: Option<String> = s.opt("redis_password_file");
@@ -127,12 +132,21 @@ pub(crate) fn read(t: &Table, base: &Path, errs: &mut Vec<String>) -> ReplayConf
             }
         }
     });
-    if store == StoreKind::Memory && (redis_url.is_some() || !sentinels.is_empty()) {
+    if store == StoreKind::Memory && (!redis_urls.is_empty() || !sentinels.is_empty()) {
         s.err("redis_url", "set store = \"redis\" to use Redis");
     }
+    let cluster = cluster_flag || redis_urls.len() > 1;
+    if cluster {
+        check_cluster(&mut s, &sentinels, &redis_urls, &key_prefix);
+    }
+    let (url, cluster_nodes) = match (cluster, redis_urls.first()) {
+        (true, _) => (None, redis_urls),
+        (false, first) => (first.cloned(), Vec::new()),
+    };
     s.finish();
     let redis = (store == StoreKind::Redis).then_some(RedisSettings {
-        url: redis_url,
+        url,
+        cluster_nodes,
         sentinels,
         master_name,
         password,
@@ -150,5 +164,65 @@ pub(crate) fn read(t: &Table, base: &Path, errs: &mut Vec<String>) -> ReplayConf
         sweep_interval,
         redis,
         ready_requires_store,
+    }
+}
+
+/// `redis_url`: one URL, or a list of them (the seed nodes of a Redis Cluster).
+fn read_urls(s: &mut Section) -> Vec<String> {
+    match s.raw("redis_url") {
+        None => Vec::new(),
+        Some(toml::Value::String(u)) => vec![u.clone()],
+        Some(toml::Value::Array(items)) => {
+            let urls: Vec<String> = items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
+            if urls.len() != items.len() || urls.is_empty() {
+                s.err(
+                    "redis_url",
+                    "expected a URL or a non-empty list of URL strings",
+                );
+            }
+            urls
+        }
+        Some(other) => {
+            s.err(
+                "redis_url",
+                format!(
+                    "expected a URL or a list of URLs, found {}",
+                    other.type_str()
+                ),
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// What a Redis Cluster setting cannot be combined with.
+fn check_cluster(s: &mut Section, sentinels: &[String], urls: &[String], prefix: &str) {
+    if !sentinels.is_empty() {
+        s.err(
+            "redis_cluster",
+            "a cluster has no Sentinels: set redis_url to its nodes, or sentinels without redis_cluster",
+        );
+    }
+    if urls.is_empty() {
+        s.err("redis_url", "redis_cluster needs at least one node URL");
+    }
+    if urls
+        .iter()
+        .any(|u| u.starts_with('/') || u.starts_with("redis+unix:"))
+    {
+        s.err(
+            "redis_url",
+            "a cluster's nodes are reached over TCP, not a unix socket",
+        );
+    }
+    // the gate puts its own hash tag into every key: a brace in the prefix would take its place
+    if prefix.contains(['{', '}']) {
+        s.err(
+            "key_prefix",
+            "must not contain { or } with redis_cluster (the gate sets each key's hash tag)",
+        );
     }
 }

@@ -19,6 +19,7 @@ mod metrics;
 mod passthrough;
 mod rack_model;
 mod redis;
+mod redis_cluster;
 mod replay;
 mod replay_window;
 mod smuggling;

@@ -6,7 +6,10 @@
 //! traffic never touches Redis. The connection is made lazily and managed (it reconnects by
 //! itself), so the gate starts, and serves git traffic, while Redis is down. With Sentinel,
 //! an error drops the connection so that the next login asks the sentinels for the current
-//! master (failover).
+//! master (failover). In a Redis Cluster each record lives in one slot, beside its bucket's
+//! epoch (see [`layout`]); the cluster client follows `MOVED`/`ASK` a bounded number of
+//! times, and a storm of them or a lost node ends, like an outage, in a refusal within the
+//! deadline.
 //!
 //! A connection that broke while Redis restarted is noticed only when used: the `SET` is
 //! then tried once more on the reconnected connection. Each attempt writes its own random
@@ -14,147 +17,78 @@
 //! first attempt landed (its reply was lost: a first use) or another login holds it (a
 //! replay) — a retry never turns a first use into a false "replayed".
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{IntoConnectionInfo, RedisConnectionInfo};
+use futures_util::future::join_all;
 
 use super::{FirstUse, Recorded, ReplayStore, StoreError, StoreFuture, TokenTimes};
 pub use crate::config::{EvictionCheck, RedisSettings};
+pub use connection::normalize_url;
+use connection::{ask, Conn, Target};
+use layout::Layout;
 
-enum Target {
-    Direct(redis::Client),
-    Sentinel(tokio::sync::Mutex<SentinelClient>),
-}
+mod connection;
+mod layout;
 
 pub struct RedisStore {
     target: Target,
-    conn: tokio::sync::Mutex<Option<ConnectionManager>>,
-    prefix: String,
+    conn: tokio::sync::Mutex<Option<Conn>>,
+    layout: Layout,
     connect_timeout: Duration,
     response_timeout: Duration,
     min_replicas: u32,
     replica_timeout: Duration,
     eviction_check: EvictionCheck,
     /// The `maxmemory-policy` read at the last connect, when it could evict replay keys.
-    evicting_policy: std::sync::Mutex<Option<String>>,
-    /// The store epoch this gate knows (`<unix seconds>-<random>` under `<prefix>epoch`).
-    epoch: std::sync::Mutex<Option<String>>,
+    evicting_policy: Mutex<Option<String>>,
+    /// The store epoch this gate knows per bucket (`<unix seconds>-<random>`; one bucket on
+    /// a single Redis, see [`layout`]).
+    epochs: Mutex<Vec<Option<String>>>,
     /// Tokens issued before this unix second are refused (0: none).
-    floor: std::sync::atomic::AtomicI64,
+    floor: AtomicI64,
     /// Failed round trips (metrics, logs).
     pub errors: AtomicU64,
-}
-
-/// A socket path becomes a `redis+unix://` URL.
-pub fn normalize_url(url: &str) -> String {
-    if url.starts_with('/') {
-        format!("redis+unix://{url}")
-    } else {
-        url.to_string()
-    }
 }
 
 impl RedisStore {
     /// Check the settings (URLs parse); no connection is made yet.
     pub fn new(s: &RedisSettings) -> Result<Arc<RedisStore>, String> {
-        let target = if !s.sentinels.is_empty() {
-            let master = s
-                .master_name
-                .clone()
-                .ok_or("replay.master_name is required with replay.sentinels")?;
-            let urls: Vec<String> = s
-                .sentinels
-                .iter()
-                .map(|h| {
-                    if h.contains("://") {
-                        h.clone()
-                    } else {
-                        format!("redis://{h}")
-                    }
-                })
-                .collect();
-            let mut node = SentinelNodeConnectionInfo::default();
-            if let Some(pw) = &s.password {
-                node =
-                    node.set_redis_connection_info(RedisConnectionInfo::default().set_password(pw));
-            }
-            let client =
-                SentinelClient::build(urls, master, Some(node), SentinelServerType::Master)
-                    .map_err(|e| format!("replay.sentinels: {e}"))?;
-            Target::Sentinel(tokio::sync::Mutex::new(client))
-        } else {
-            let url = s
-                .url
-                .as_deref()
-                .ok_or("replay.redis_url is required with store = \"redis\"")?;
-            let mut info = normalize_url(url)
-                .into_connection_info()
-                .map_err(|e| format!("replay.redis_url: {e}"))?;
-            if let Some(pw) = &s.password {
-                let settings = info.redis_settings().clone().set_password(pw);
-                info = info.set_redis_settings(settings);
-            }
-            Target::Direct(redis::Client::open(info).map_err(|e| format!("replay.redis_url: {e}"))?)
-        };
+        let target = Target::from_settings(s)?;
+        let layout = Layout::new(&s.key_prefix, target.is_cluster());
         Ok(Arc::new(RedisStore {
+            epochs: Mutex::new(vec![None; layout.buckets()]),
             target,
             conn: tokio::sync::Mutex::new(None),
-            prefix: s.key_prefix.clone(),
+            layout,
             connect_timeout: s.connect_timeout,
             response_timeout: s.response_timeout,
             min_replicas: s.min_replicas,
             replica_timeout: s.replica_timeout,
             eviction_check: s.eviction_check,
-            evicting_policy: std::sync::Mutex::new(None),
-            epoch: std::sync::Mutex::new(None),
-            floor: std::sync::atomic::AtomicI64::new(0),
+            evicting_policy: Mutex::new(None),
+            floor: AtomicI64::new(0),
             errors: AtomicU64::new(0),
         }))
     }
 
-    /// The managed connection, made on first use. The lock is never held across the
-    /// connect: during an outage, callers each try within their own deadline instead of
-    /// queueing behind one another.
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+    /// The connection, made on first use. The lock is never held across the connect:
+    /// during an outage, callers each try within their own deadline instead of queueing
+    /// behind one another.
+    async fn connection(&self) -> Result<Conn, StoreError> {
         if let Some(c) = self.conn.lock().await.as_ref() {
             return Ok(c.clone());
         }
-        let m = self.connect().await?;
+        let m = self
+            .target
+            .connect(self.connect_timeout, self.response_timeout)
+            .await
+            .map_err(StoreError::Unavailable)?;
+        self.check_eviction_policy(m.clone()).await;
+        let _ = self.check_epochs_on(&m).await;
         let mut slot = self.conn.lock().await;
         Ok(slot.get_or_insert(m).clone())
-    }
-
-    async fn connect(&self) -> Result<ConnectionManager, StoreError> {
-        let unavailable = |e: String| StoreError::Unavailable(e);
-        let client = match &self.target {
-            Target::Direct(c) => c.clone(),
-            Target::Sentinel(s) => {
-                let mut s = s.lock().await;
-                tokio::time::timeout(self.connect_timeout * 4, s.async_get_client())
-                    .await
-                    .map_err(|_| unavailable("sentinels did not answer in time".into()))?
-                    .map_err(|e| unavailable(format!("sentinel: {e}")))?
-            }
-        };
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.response_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let m = tokio::time::timeout(
-            self.connect_timeout * 2,
-            ConnectionManager::new_with_config(client, cfg),
-        )
-        .await
-        .map_err(|_| unavailable("connect timed out".into()))?
-        .map_err(|e| unavailable(e.to_string()))?;
-        self.check_eviction_policy(m.clone()).await;
-        let _ = self.check_epoch_on(m.clone()).await;
-        Ok(m)
     }
 
     /// Records vanish silently when Redis restarts without persistence, is flushed, or fails
@@ -163,28 +97,36 @@ impl RedisStore {
     /// gone, and every token issued up to the new epoch's creation second is refused from then on
     /// (forwarded tokens never have an iat later than their use, so none of them can pass
     /// twice). A missing epoch at the gate's start counts as a loss too. Checked at each
-    /// connect, on `/readyz` and every few seconds.
-    async fn check_epoch_on(&self, mut conn: ConnectionManager) -> bool {
-        let key = format!("{}epoch", self.prefix);
-        let get = redis::cmd("GET").arg(&key).clone();
-        let limit = self.response_timeout;
-        let Ok(current) = ask::<Option<String>>(&mut conn, &get, limit).await else {
+    /// connect, on `/readyz` and every few seconds; in a cluster, each bucket's epoch.
+    async fn check_epochs_on(&self, conn: &Conn) -> bool {
+        let checks = (0..self.layout.buckets()).map(|b| self.check_bucket_on(conn.clone(), b));
+        join_all(checks).await.into_iter().any(|lost| lost)
+    }
+
+    /// One bucket's epoch in one round trip: create it if missing (`SET NX`), then read
+    /// what Redis holds (another gate may have created it first).
+    async fn check_bucket_on(&self, mut conn: Conn, bucket: usize) -> bool {
+        let key = self.layout.epoch(bucket);
+        let fresh = format!("{}-{}", crate::clock::unix_now(), random_hex16());
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(&key).arg(&fresh).arg("NX");
+        pipe.cmd("GET").arg(&key);
+        let asked = tokio::time::timeout(self.response_timeout, pipe.query_async(&mut conn));
+        let Ok(Ok((created, Some(current)))) =
+            asked.await as Result<redis::RedisResult<(Option<String>, Option<String>)>, _>
+        else {
             return false;
         };
-        let (now_epoch, created) = match current {
-            Some(v) => (v, false),
-            None => {
-                let fresh = format!("{}-{}", crate::clock::unix_now(), random_hex16());
-                let set = redis::cmd("SET").arg(&key).arg(&fresh).arg("NX").clone();
-                let _ = ask::<Option<String>>(&mut conn, &set, limit).await;
-                // another gate may have created it first: take what Redis holds
-                match ask::<Option<String>>(&mut conn, &get, limit).await {
-                    Ok(Some(v)) => (v, true),
-                    _ => return false,
-                }
-            }
+        self.observe_epoch(bucket, current, created.is_some())
+    }
+
+    /// What an epoch read means: a new one (created now, or not the one this gate knew)
+    /// raises the floor through the epoch's own second.
+    fn observe_epoch(&self, bucket: usize, now_epoch: String, created: bool) -> bool {
+        let mut epochs = self.epochs.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(known) = epochs.get_mut(bucket) else {
+            return false;
         };
-        let mut known = self.epoch.lock().unwrap_or_else(|e| e.into_inner());
         let lost = created || known.as_ref().is_some_and(|k| *k != now_epoch);
         if lost {
             let since: i64 = now_epoch
@@ -196,38 +138,53 @@ impl RedisStore {
             // lost may have been used just before the loss (bench/failover.py, Redis
             // restarted empty at 40 logins/s: 5 replays passed when the floor was the
             // epoch's second itself). Fresh tokens of that one second are refused too.
-            self.floor
+            // One floor for every bucket: a loss anywhere refuses older tokens everywhere,
+            // which costs a few seconds' worth of logins and never reopens a replay.
+            let previous = self
+                .floor
                 .fetch_max(since.saturating_add(1), Ordering::Relaxed);
-            tracing::error!(target: "jwt_gate::replay", epoch = %now_epoch, "the replay store's epoch is new: its records may have been lost (restart without persistence, flush, failover); tokens issued up to it are refused");
+            if previous < since.saturating_add(1) {
+                tracing::error!(target: "jwt_gate::replay", epoch = %now_epoch, bucket, "the replay store's epoch is new: its records may have been lost (restart without persistence, flush, failover); tokens issued up to it are refused");
+            }
         }
         *known = Some(now_epoch);
         lost
     }
 
-    /// The epoch check on the current connection (periodic, `/readyz`, after a broken
-    /// connection): whether a loss was detected now.
+    /// The epoch check on the current connection (periodic, `/readyz`): whether a loss was
+    /// detected now.
     pub async fn check_epoch(&self) -> bool {
         match self.connection().await {
-            Ok(conn) => self.check_epoch_on(conn).await,
+            Ok(conn) => self.check_epochs_on(&conn).await,
             Err(_) => false,
         }
     }
 
+    /// One bucket's check, on the current connection (after a broken one, or when a record
+    /// met an epoch this gate did not know). A loss found in one bucket of a cluster is
+    /// looked for in every bucket at once: a node restarted empty lost all of its buckets'
+    /// epochs, and recreating them in the same second raises the floor once, where finding
+    /// them one login at a time would raise it again and again, refusing fresh tokens each
+    /// time (the cluster test's first run did).
+    async fn check_bucket(&self, bucket: usize) -> bool {
+        let Ok(conn) = self.connection().await else {
+            return false;
+        };
+        let lost = self.check_bucket_on(conn.clone(), bucket).await;
+        if lost && self.layout.buckets() > 1 {
+            self.check_epochs_on(&conn).await;
+        }
+        lost
+    }
+
     /// Every replay key has a TTL: any `maxmemory-policy` but `noeviction` may drop one
     /// under memory pressure (`volatile-*` evict exactly the keys with a TTL), and every
-    /// token still inside its window becomes replayable. Read at each connect.
-    async fn check_eviction_policy(&self, mut conn: ConnectionManager) {
-        let cmd = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("maxmemory-policy")
-            .clone();
-        let policy = ask::<Vec<String>>(&mut conn, &cmd, self.response_timeout)
-            .await
-            .ok()
-            .and_then(|v| v.get(1).cloned());
-        let risky = match policy.as_deref() {
-            Some("noeviction") => None,
-            Some(p) => Some(p.to_string()),
+    /// token still inside its window becomes replayable. Read at each connect; in a
+    /// cluster, on every primary.
+    async fn check_eviction_policy(&self, mut conn: Conn) {
+        let policies = conn.eviction_policies(self.response_timeout).await;
+        let risky = match policies {
+            Some(p) => p.into_iter().find(|p| p != "noeviction"),
             None => {
                 // managed Redis often renames CONFIG: say so, and trust the operator
                 tracing::warn!(target: "jwt_gate::replay", "cannot read Redis' maxmemory-policy; it must be noeviction, or an evicted replay key reopens its token");
@@ -245,30 +202,35 @@ impl RedisStore {
 
     /// With `min_replicas`, a record counts only once that many replicas acknowledged it:
     /// an acknowledged SET can otherwise be lost when Sentinel promotes a replica that had
-    /// not received it, and the token is then accepted again on the new master.
-    async fn wait_for_replicas(&self) -> Result<(), StoreError> {
+    /// not received it, and the token is then accepted again on the new master. `WAIT`
+    /// rides behind a read of the record itself, so that in a cluster it reaches the
+    /// primary that holds the record (alone, it would go to every primary).
+    async fn wait_for_replicas(&self, name: &str) -> Result<(), StoreError> {
         if self.min_replicas == 0 {
             return Ok(());
         }
         let mut conn = self.connection().await?;
-        let wait = redis::cmd("WAIT")
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(name).ignore();
+        pipe.cmd("WAIT")
             .arg(self.min_replicas)
-            .arg(self.replica_timeout.as_millis() as u64)
-            .clone();
+            .arg(self.replica_timeout.as_millis() as u64);
         let limit = self.replica_timeout + self.response_timeout;
-        match ask::<i64>(&mut conn, &wait, limit).await {
-            Ok(n) if n >= i64::from(self.min_replicas) => Ok(()),
-            Ok(n) => Err(self.fail(format!(
+        let asked = tokio::time::timeout(limit, pipe.query_async::<(i64,)>(&mut conn));
+        match asked.await {
+            Ok(Ok((n,))) if n >= i64::from(self.min_replicas) => Ok(()),
+            Ok(Ok((n,))) => Err(self.fail(format!(
                 "acknowledged by {n} of the {} replicas required",
                 self.min_replicas
             ))),
-            Err(e) => Err(self.fail(e)),
+            Ok(Err(e)) => Err(self.fail(e.to_string())),
+            Err(_) => Err(self.fail("Redis did not answer in time".into())),
         }
     }
 
     /// Forget the connection (Sentinel: the next login re-resolves the master).
     async fn reset(&self) {
-        if matches!(self.target, Target::Sentinel(_)) {
+        if self.target.is_sentinel() {
             *self.conn.lock().await = None;
         }
     }
@@ -278,30 +240,22 @@ impl RedisStore {
         StoreError::Unavailable(why)
     }
 
-    fn key_name(&self, key: &[u8; 32]) -> String {
-        let mut name = String::with_capacity(self.prefix.len() + 64);
-        name.push_str(&self.prefix);
-        for b in key {
-            name.push_str(&format!("{b:02x}"));
-        }
-        name
-    }
-
-    /// One `SET NX` with this attempt's value, pipelined behind a `GET` of the epoch on the
-    /// same connection (one round trip), within the response timeout: whether the key was
-    /// set, and the epoch the server holds. A connection the manager remade by itself on a
-    /// Redis that restarted empty is thus noticed by the very record that meets it
-    /// (bench/failover.py: without this, a replay passed in the gap until the next
-    /// periodic check).
+    /// One `SET NX` with this attempt's value, pipelined behind a `GET` of its bucket's
+    /// epoch on the same connection (one round trip; in a cluster, one node), within the
+    /// response timeout: whether the key was set, and the epoch the server holds. A
+    /// connection the manager remade by itself on a Redis that restarted empty is thus
+    /// noticed by the very record that meets it (bench/failover.py: without this, a replay
+    /// passed in the gap until the next periodic check).
     async fn try_set(
         &self,
         name: &str,
+        bucket: usize,
         attempt: &str,
         ttl_ms: i64,
     ) -> Result<(bool, Option<String>), String> {
         let mut conn = self.connection().await.map_err(|e| e.to_string())?;
         let mut pipe = redis::pipe();
-        pipe.cmd("GET").arg(format!("{}epoch", self.prefix));
+        pipe.cmd("GET").arg(self.layout.epoch(bucket));
         pipe.cmd("SET")
             .arg(name)
             .arg(attempt)
@@ -318,13 +272,13 @@ impl RedisStore {
 
     /// After a record: when the server's epoch is not the one this gate knows, check it
     /// (which raises the floor on a loss); then refuse a token issued before the floor.
-    async fn epoch_refuses(&self, seen: Option<&str>, iat: i64) -> bool {
+    async fn epoch_refuses(&self, bucket: usize, seen: Option<&str>, iat: i64) -> bool {
         let known_differs = {
-            let known = self.epoch.lock().unwrap_or_else(|e| e.into_inner());
-            known.as_deref() != seen
+            let epochs = self.epochs.lock().unwrap_or_else(|e| e.into_inner());
+            epochs.get(bucket).and_then(|k| k.as_deref()) != seen
         };
         if known_differs {
-            self.check_epoch().await;
+            self.check_bucket(bucket).await;
         }
         self.issued_floor().is_some_and(|f| iat < f)
     }
@@ -354,38 +308,49 @@ impl RedisStore {
         iat: i64,
         use_: FirstUse,
     ) -> Result<Recorded, StoreError> {
-        let name = self.key_name(key);
+        let name = self.layout.record(key);
+        let bucket = self.layout.bucket(key);
         let attempt = random_hex16();
         let value = format!("{attempt}|{}|{}", use_.at_ms, use_.client);
-        let first = match self.try_set(&name, &value, ttl_ms).await {
-            Ok((_, epoch)) if self.epoch_refuses(epoch.as_deref(), iat).await => {
+        let first = match self.try_set(&name, bucket, &value, ttl_ms).await {
+            Ok((_, epoch)) if self.epoch_refuses(bucket, epoch.as_deref(), iat).await => {
                 return Ok(Recorded::BeforeEpoch)
             }
-            Ok((true, _)) => return self.wait_for_replicas().await.map(|()| Recorded::Fresh),
+            Ok((true, _)) => {
+                return self
+                    .wait_for_replicas(&name)
+                    .await
+                    .map(|()| Recorded::Fresh)
+            }
             Ok((false, _)) => return Ok(self.replayed(&name).await),
             Err(e) => e,
         };
-        // once more, on a connection the manager (or, with Sentinel, a new master) remade;
-        // a broken connection may mean a restarted Redis: when its epoch is new, this login
-        // fails closed, and the next one meets the refusal of older tokens
+        // once more, on a connection the manager (or, with Sentinel, a new master; in a
+        // cluster, the node that now holds the slot) remade; a broken connection may mean a
+        // restarted Redis: when its epoch is new, this login fails closed, and the next one
+        // meets the refusal of older tokens
         self.reset().await;
         // the floor, not this check's verdict: the reconnect itself may have found the new
         // epoch (connect checks it), and then this check sees nothing new (bench/failover.py,
         // Redis restarted empty: 5 replays passed at 40 logins/s before this)
-        self.check_epoch().await;
+        self.check_bucket(bucket).await;
         if self.issued_floor().is_some_and(|f| iat < f) {
             return Ok(Recorded::BeforeEpoch);
         }
-        match self.try_set(&name, &value, ttl_ms).await {
-            Ok((_, epoch)) if self.epoch_refuses(epoch.as_deref(), iat).await => {
+        match self.try_set(&name, bucket, &value, ttl_ms).await {
+            Ok((_, epoch)) if self.epoch_refuses(bucket, epoch.as_deref(), iat).await => {
                 Ok(Recorded::BeforeEpoch)
             }
-            Ok((true, _)) => self.wait_for_replicas().await.map(|()| Recorded::Fresh),
+            Ok((true, _)) => self
+                .wait_for_replicas(&name)
+                .await
+                .map(|()| Recorded::Fresh),
             Ok((false, _)) => match self.holder(&name).await {
                 // the first attempt landed and only its reply was lost
-                Ok(Some(v)) if parse_value(&v).0 == attempt => {
-                    self.wait_for_replicas().await.map(|()| Recorded::Fresh)
-                }
+                Ok(Some(v)) if parse_value(&v).0 == attempt => self
+                    .wait_for_replicas(&name)
+                    .await
+                    .map(|()| Recorded::Fresh),
                 Ok(v) => Ok(Recorded::Replayed(v.and_then(|v| parse_value(&v).1))),
                 Err(e) => Err(self.fail(e)),
             },
@@ -397,26 +362,12 @@ impl RedisStore {
         }
     }
 
-    /// PING within the response timeout (for `/readyz`).
+    /// PING within the response timeout (for `/readyz`; in a cluster, every primary).
     pub async fn ping(&self) -> Result<(), String> {
         let mut conn = self.connection().await.map_err(|e| e.to_string())?;
-        ask::<String>(&mut conn, &redis::cmd("PING"), self.response_timeout)
+        ask::<String, _>(&mut conn, &redis::cmd("PING"), self.response_timeout)
             .await
             .map(drop)
-    }
-}
-
-/// One command within `limit`: its reply, or why there is none. Every call the store makes
-/// is bounded so: a Redis that stops answering costs a login its deadline, never more.
-async fn ask<T: redis::FromRedisValue>(
-    conn: &mut ConnectionManager,
-    cmd: &redis::Cmd,
-    limit: Duration,
-) -> Result<T, String> {
-    match tokio::time::timeout(limit, cmd.query_async::<T>(conn)).await {
-        Err(_) => Err("Redis did not answer in time".into()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Ok(Ok(v)) => Ok(v),
     }
 }
 
