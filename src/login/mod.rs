@@ -28,6 +28,7 @@ use http_body_util::{BodyExt, Limited};
 use crate::config::Config;
 use crate::replay::{FirstUse, Recorded, ReplayStore, StoreError, TokenTimes};
 use crate::telemetry::metrics::METRICS;
+use crate::telemetry::audit::AuditLine;
 use params::{extract_token, ParamError, Part};
 pub use reason::Reason;
 use throttle::Throttle;
@@ -271,22 +272,19 @@ impl LoginGate {
             ),
         };
         METRICS.login(slot, t0.elapsed());
-        tracing::info!(
-            target: "jwt_gate::audit",
+        crate::telemetry::audit::log(&AuditLine {
             outcome,
             reason,
             status,
-            alg = audit.alg.as_deref().unwrap_or("-"),
-            kid = audit.kid.as_deref().unwrap_or("-"),
-            iss = audit.iss.as_deref().unwrap_or("-"),
-            uid_hash = audit.uid_hash.as_deref().unwrap_or("-"),
-            jti_hash = audit.jti_hash.as_deref().unwrap_or("-"),
-            client = %client,
-            first_use_ms = audit.first_use.map_or(-1, |f| f.at_ms),
-            first_use_client = %audit.first_use.map_or_else(|| "-".to_string(), |f| f.client.to_string()),
-            latency_us = t0.elapsed().as_micros() as u64,
-            "login decision"
-        );
+            alg: audit.alg.as_deref().unwrap_or("-"),
+            kid: audit.kid.as_deref().unwrap_or("-"),
+            iss: audit.iss.as_deref().unwrap_or("-"),
+            uid_hash: audit.uid_hash.as_deref().unwrap_or("-"),
+            jti_hash: audit.jti_hash.as_deref().unwrap_or("-"),
+            client,
+            first_use: audit.first_use.map(|f| (f.at_ms, f.client)),
+            latency_us: t0.elapsed().as_micros() as u64,
+        });
         result
     }
 

@@ -21,6 +21,11 @@ pub fn use_json(on: bool) {
     JSON.store(on, Ordering::Relaxed);
 }
 
+/// Whether lines are JSON.
+pub(super) fn json() -> bool {
+    JSON.load(Ordering::Relaxed)
+}
+
 pub struct AccessLine<'a> {
     pub method: &'a str,
     pub path: &'a str,
@@ -128,7 +133,7 @@ fn push_ms(buf: &mut String, d: Option<Duration>) {
     }
 }
 
-fn push_json_str(buf: &mut String, s: &str) {
+pub(super) fn push_json_str(buf: &mut String, s: &str) {
     buf.push('"');
     for c in s.chars() {
         match c {
@@ -144,7 +149,7 @@ fn push_json_str(buf: &mut String, s: &str) {
 }
 
 /// Decimal digits without `core::fmt` (its machinery was most of the line's cost).
-fn push_u64(buf: &mut String, n: u64) {
+pub(super) fn push_u64(buf: &mut String, n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     let mut n = n;
@@ -196,7 +201,7 @@ thread_local! {
 
 /// RFC 3339 in UTC with microseconds, as `tracing_subscriber` prints it:
 /// `2026-11-30T23:22:14.650429Z`. The date and time of day are formatted once a second.
-fn push_timestamp(buf: &mut String, now: SystemTime) {
+pub(super) fn push_timestamp(buf: &mut String, now: SystemTime) {
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     SECOND.with_borrow_mut(|(at, text)| {

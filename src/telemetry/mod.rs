@@ -2,5 +2,6 @@
 //! time through narrow handles), the access log and the buffered log output. It imports nothing from the product.
 
 pub mod access;
+pub mod audit;
 pub mod logbuf;
 pub mod metrics;
