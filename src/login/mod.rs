@@ -27,8 +27,8 @@ use http_body_util::{BodyExt, Limited};
 
 use crate::config::Config;
 use crate::replay::{FirstUse, Recorded, ReplayStore, StoreError, TokenTimes};
-use crate::telemetry::metrics::METRICS;
 use crate::telemetry::audit::AuditLine;
+use crate::telemetry::metrics::METRICS;
 use params::{extract_token, ParamError, Part};
 pub use reason::Reason;
 use throttle::Throttle;

@@ -342,7 +342,10 @@ mod tests {
             h.insert("close", HeaderValue::from_static("named"));
             h.insert("x-foo", HeaderValue::from_static("named"));
             h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+            h.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
             h.insert("x-keep", HeaderValue::from_static("1"));
             h
         };
@@ -353,11 +356,23 @@ mod tests {
         };
         for (connection, keep_upgrade, want) in [
             ("keep-alive", false, vec!["close", "x-foo", "x-keep"]),
-            ("Keep-Alive , upgrade", false, vec!["close", "x-foo", "x-keep"]),
-            ("upgrade", true, vec!["close", "connection", "upgrade", "x-foo", "x-keep"]),
+            (
+                "Keep-Alive , upgrade",
+                false,
+                vec!["close", "x-foo", "x-keep"],
+            ),
+            (
+                "upgrade",
+                true,
+                vec!["close", "connection", "upgrade", "x-foo", "x-keep"],
+            ),
             ("close", false, vec!["x-foo", "x-keep"]),
             ("keep-alive, X-Foo", false, vec!["close", "x-keep"]),
-            ("x-foo, upgrade", true, vec!["close", "connection", "upgrade", "x-keep"]),
+            (
+                "x-foo, upgrade",
+                true,
+                vec!["close", "connection", "upgrade", "x-keep"],
+            ),
         ] {
             let mut h = build(connection);
             strip_hop_by_hop(&mut h, keep_upgrade);

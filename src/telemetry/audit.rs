@@ -142,7 +142,9 @@ impl AuditLine<'_> {
 /// A string as `{:?}` prints it: plain printable ASCII is quoted as it is (the usual case,
 /// and the cheap one); anything else goes through `Debug`, escapes and all.
 fn push_debug_str(buf: &mut String, s: &str) {
-    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+    if s.bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
         buf.push('"');
         buf.push_str(s);
         buf.push('"');
@@ -256,7 +258,11 @@ mod tests {
             let (stamp, rest) = hand.split_at("2026-11-30T23:22:14.650429Z".len());
             assert_eq!(stamp, "2026-11-30T23:22:14.650429Z");
             // the formatter without time starts at the level, padded the same way
-            assert_eq!(rest.trim_start(), by_the_formatter(&l, false).trim_start(), "{iss:?}");
+            assert_eq!(
+                rest.trim_start(),
+                by_the_formatter(&l, false).trim_start(),
+                "{iss:?}"
+            );
         }
     }
 
@@ -285,9 +291,22 @@ mod tests {
         assert_eq!(
             keys,
             [
-                "timestamp", "level", "message", "outcome", "reason", "status", "alg", "kid",
-                "iss", "uid_hash", "jti_hash", "client", "first_use_ms", "first_use_client",
-                "latency_us", "target"
+                "timestamp",
+                "level",
+                "message",
+                "outcome",
+                "reason",
+                "status",
+                "alg",
+                "kid",
+                "iss",
+                "uid_hash",
+                "jti_hash",
+                "client",
+                "first_use_ms",
+                "first_use_client",
+                "latency_us",
+                "target"
             ]
         );
     }
