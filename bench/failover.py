@@ -289,9 +289,21 @@ def run(scenario, setting):
     }
 
 
+def install_missing():
+    """A fresh Debian machine: Redis (server and Sentinel) and iproute2 from its packages."""
+    import shutil
+    need = [pkg for tool, pkg in (("redis-server", "redis-server"), ("ip", "iproute2")) if not shutil.which(tool)]
+    if need:
+        print(f"installing {' '.join(need)}", file=sys.stderr, flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *need], check=True, env=env)
+
+
 def main():
     if os.geteuid() != 0:
         raise SystemExit("needs root (ip netns)")
+    install_missing()
     if not GATE.exists():
         subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "jwt-gate"], cwd=ROOT, check=True)
     rows = []
