@@ -232,9 +232,14 @@ async fn a_cluster_spreads_records_over_its_primaries_and_each_token_passes_once
     let up = Upstream::start().await;
     let dir = TempDir::new("cluster-spread");
     let replay = format!("redis_url = {}\n", cluster.urls());
+    // the other form: one node's URL and the flag (the gate learns the rest from it)
+    let one_node = format!(
+        "redis_url = \"redis://{}\"\nredis_cluster = true\n",
+        cluster.nodes[1].addr()
+    );
     let (a, b) = (
         gate(&dir, "a.toml", &up, &replay).await,
-        gate(&dir, "b.toml", &up, &replay).await,
+        gate(&dir, "b.toml", &up, &one_node).await,
     );
     let ready = get(&format!("http://{}/readyz", a.admin.unwrap())).await;
     assert_eq!(ready.status, 200, "{}", ready.text());
@@ -318,27 +323,41 @@ async fn with_min_replicas_a_record_waits_on_its_own_primary() {
     let up = Upstream::start().await;
     let dir = TempDir::new("cluster-wait");
     let replay = format!(
-        "redis_url = {}\nredis_min_replicas = 1\nredis_replica_timeout = 0.2\n",
+        "redis_url = {}\nredis_min_replicas = 1\nredis_replica_timeout = 1\n",
         cluster.urls()
     );
     let g = gate(&dir, "g.toml", &up, &replay).await;
-    let (mut passed, mut refused) = (0, 0);
+    let replicated: Vec<String> = buckets_on(primary).await.into_iter().map(|b| b.0).collect();
+    let (mut passed, mut elsewhere) = (0, 0);
     for i in 0..24 {
-        let got = login(&g, &hs256(&claims(&format!("wait{i}@x")))).await;
-        match (got.status.as_u16(), got.reason()) {
-            (200, _) => passed += 1,
-            (503, Some("replay_store_unavailable")) => refused += 1,
-            other => panic!("unexpected {other:?}"),
+        let token = hs256(&claims(&format!("wait{i}@x")));
+        let on_replicated = replicated.contains(&bucket_of(&token));
+        let got = login(&g, &token).await;
+        match (got.status.as_u16(), got.reason(), on_replicated) {
+            // WAIT went to the primary holding the record: only the replicated one acknowledges
+            (200, _, true) => passed += 1,
+            (503, Some("replay_store_unavailable"), false) => elsewhere += 1,
+            // a replica slower than the 1 s allowed under a loaded machine: refused, rightly
+            (503, Some("replay_store_unavailable"), true) => {}
+            other => panic!("token {i}: unexpected {other:?}"),
         }
     }
-    // WAIT went to the primary holding each record: only the replicated one acknowledges
-    // (sent to every primary, it would refuse them all)
     assert!(
-        passed > 0 && refused > 0,
-        "{passed} passed, {refused} refused"
+        passed > 0 && elsewhere > 0,
+        "{passed} passed, {elsewhere} refused elsewhere"
     );
     assert_eq!(up.callbacks().len(), passed);
-    assert_eq!(cluster.nodes[0].records().await.len(), passed);
+}
+
+/// The hash tag of the bucket a token's record lands in: the first byte of its replay key,
+/// SHA-256 over `sig\0` and the signing input for a token without a jti (the layout a unit
+/// test in login/verify.rs pins).
+fn bucket_of(token: &str) -> String {
+    let signing_input = &token[..token.rfind('.').unwrap()];
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(b"sig\0");
+    ctx.update(signing_input.as_bytes());
+    format!("{{{:02x}}}", ctx.finish().as_ref()[0])
 }
 
 #[tokio::test]
@@ -398,16 +417,21 @@ async fn a_redirect_loop_or_a_lost_node_fails_closed_and_an_empty_restart_reopen
     // a lost primary: logins fail closed, other traffic flows
     tokio::time::sleep(Duration::from_millis(1100)).await;
     cluster.nodes[2].stop();
+    // a third of the buckets live on the lost primary: logins go on until one meets it
+    // (12 in a row missing it happened once in five runs' worth of odds: 0.8 %)
     let mut lost_refused = 0;
-    for i in 0..12 {
+    for i in 0..60 {
         let got = login(&g, &hs256(&claims(&format!("lost{i}@x")))).await;
         match (got.status.as_u16(), got.reason()) {
             (200, _) => {}
             (503, Some("replay_store_unavailable")) => lost_refused += 1,
             other => panic!("unexpected {other:?}"),
         }
+        if lost_refused > 0 && i >= 11 {
+            break;
+        }
     }
-    assert!(lost_refused > 0);
+    assert!(lost_refused > 0, "no login met the lost primary");
     let page = get(&format!("http://{}/api/v4/version", g.addr)).await;
     assert_eq!(page.status, 200);
     assert!(up.seen().iter().any(|s| s.target == "/api/v4/version"));
