@@ -5,11 +5,11 @@
 //! info); a unit test holds both shapes to what the formatter prints.
 
 use std::cell::RefCell;
-use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
-use super::access::{json, push_json_str, push_timestamp, push_u64};
+use super::access::json;
+use super::line::{field, push_i64, push_ip, push_u64, Line};
 use super::logbuf;
 
 /// One login decision. The strings may come from a token (`alg`, `kid`, `iss`): they are
@@ -70,118 +70,38 @@ fn event(l: &AuditLine<'_>) {
     );
 }
 
-/// One line, newline included.
+/// One line, newline included, in the event's field order.
 pub fn format_line(buf: &mut String, l: &AuditLine<'_>, now: SystemTime, json: bool) {
+    let message = Some("login decision");
     if json {
-        buf.push_str("{\"timestamp\":\"");
-        push_timestamp(buf, now);
-        buf.push_str("\",\"level\":\"INFO\",\"message\":\"login decision\"");
-        let json_str = |buf: &mut String, (name, value): (&str, &str)| {
-            buf.push_str(",\"");
-            buf.push_str(name);
-            buf.push_str("\":");
-            push_json_str(buf, value);
-        };
-        let (before, after) = l.strings();
-        before.into_iter().for_each(|f| json_str(buf, f));
-        buf.push_str(",\"status\":");
-        push_u64(buf, u64::from(l.status));
-        after.into_iter().for_each(|f| json_str(buf, f));
-        buf.push_str(",\"client\":\"");
-        push_ip(buf, l.client);
-        buf.push_str("\",\"first_use_ms\":");
-        push_i64(buf, l.first_use.map_or(-1, |f| f.0));
-        buf.push_str(",\"first_use_client\":\"");
-        push_first_client(buf, l);
-        buf.push_str("\",\"latency_us\":");
-        push_u64(buf, l.latency_us);
-        buf.push_str(",\"target\":\"jwt_gate::audit\"}\n");
+        write_fields(Line::<true>::start(buf, now, TARGET, message), l);
     } else {
-        push_timestamp(buf, now);
-        buf.push_str("  INFO jwt_gate::audit: login decision");
-        let text_str = |buf: &mut String, (name, value): (&str, &str)| {
-            buf.push(' ');
-            buf.push_str(name);
-            buf.push('=');
-            push_debug_str(buf, value);
-        };
-        let (before, after) = l.strings();
-        before.into_iter().for_each(|f| text_str(buf, f));
-        buf.push_str(" status=");
-        push_u64(buf, u64::from(l.status));
-        after.into_iter().for_each(|f| text_str(buf, f));
-        buf.push_str(" client=");
-        push_ip(buf, l.client);
-        buf.push_str(" first_use_ms=");
-        push_i64(buf, l.first_use.map_or(-1, |f| f.0));
-        buf.push_str(" first_use_client=");
-        push_first_client(buf, l);
-        buf.push_str(" latency_us=");
-        push_u64(buf, l.latency_us);
-        buf.push('\n');
+        write_fields(Line::<false>::start(buf, now, TARGET, message), l);
     }
 }
 
-impl AuditLine<'_> {
-    /// The string fields in the event's order: those before `status`, and those after it.
-    #[allow(clippy::type_complexity)]
-    fn strings(&self) -> ([(&'static str, &str); 2], [(&'static str, &str); 5]) {
-        (
-            [("outcome", self.outcome), ("reason", self.reason)],
-            [
-                ("alg", self.alg),
-                ("kid", self.kid),
-                ("iss", self.iss),
-                ("uid_hash", self.uid_hash),
-                ("jti_hash", self.jti_hash),
-            ],
-        )
-    }
+fn write_fields<const JSON: bool>(mut line: Line<'_, JSON>, l: &AuditLine<'_>) {
+    line.quoted(field!("outcome"), l.outcome);
+    line.quoted(field!("reason"), l.reason);
+    line.number(field!("status"), |b| push_u64(b, u64::from(l.status)));
+    line.quoted(field!("alg"), l.alg);
+    line.quoted(field!("kid"), l.kid);
+    line.quoted(field!("iss"), l.iss);
+    line.quoted(field!("uid_hash"), l.uid_hash);
+    line.quoted(field!("jti_hash"), l.jti_hash);
+    line.shown(field!("client"), |b| push_ip(b, l.client));
+    line.number(field!("first_use_ms"), |b| {
+        push_i64(b, l.first_use.map_or(-1, |f| f.0))
+    });
+    line.shown(field!("first_use_client"), |b| match l.first_use {
+        Some((_, ip)) => push_ip(b, ip),
+        None => b.push('-'),
+    });
+    line.number(field!("latency_us"), |b| push_u64(b, l.latency_us));
+    line.end(TARGET);
 }
 
-/// A string as `{:?}` prints it: plain printable ASCII is quoted as it is (the usual case,
-/// and the cheap one); anything else goes through `Debug`, escapes and all.
-fn push_debug_str(buf: &mut String, s: &str) {
-    if s.bytes()
-        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-    {
-        buf.push('"');
-        buf.push_str(s);
-        buf.push('"');
-    } else {
-        let _ = write!(buf, "{s:?}");
-    }
-}
-
-fn push_i64(buf: &mut String, n: i64) {
-    if n < 0 {
-        buf.push('-');
-    }
-    push_u64(buf, n.unsigned_abs());
-}
-
-fn push_ip(buf: &mut String, ip: IpAddr) {
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, o) in v4.octets().iter().enumerate() {
-                if i > 0 {
-                    buf.push('.');
-                }
-                push_u64(buf, u64::from(*o));
-            }
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(buf, "{v6}");
-        }
-    }
-}
-
-fn push_first_client(buf: &mut String, l: &AuditLine<'_>) {
-    match l.first_use {
-        Some((_, ip)) => push_ip(buf, ip),
-        None => buf.push('-'),
-    }
-}
+const TARGET: &str = "jwt_gate::audit";
 
 #[cfg(test)]
 mod tests {

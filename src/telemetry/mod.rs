@@ -3,5 +3,6 @@
 
 pub mod access;
 pub mod audit;
+mod line;
 pub mod logbuf;
 pub mod metrics;
