@@ -200,10 +200,7 @@ impl Conn {
             Conn::Single(c) => ask::<Value, _>(c, &cmd, limit).await,
             Conn::Cluster(c) => {
                 let all = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
-                tokio::time::timeout(limit, c.route_command(cmd, all))
-                    .await
-                    .map_err(|_| "Redis did not answer in time".to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()))
+                within(limit, c.route_command(cmd, all)).await
             }
         };
         let mut policies = Vec::new();
@@ -239,18 +236,26 @@ fn is_policy_name(s: &str) -> bool {
     s == "noeviction" || s.starts_with("allkeys-") || s.starts_with("volatile-")
 }
 
-/// One command within `limit`: its reply, or why there is none. Every call the store makes
-/// is bounded so: a Redis that stops answering costs a login its deadline, never more.
+/// A Redis call (a command, a pipeline) within `limit`: its reply, or why there is none.
+/// Every call the store makes is bounded so: a Redis that stops answering costs a login its
+/// deadline, never more.
+pub(super) async fn within<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, call).await {
+        Err(_) => Err("Redis did not answer in time".into()),
+        Ok(reply) => reply.map_err(|e| e.to_string()),
+    }
+}
+
+/// One command within `limit` (see [`within`]).
 pub(super) async fn ask<T: redis::FromRedisValue, C: ConnectionLike + Send>(
     conn: &mut C,
     cmd: &Cmd,
     limit: Duration,
 ) -> Result<T, String> {
-    match tokio::time::timeout(limit, cmd.query_async::<T>(conn)).await {
-        Err(_) => Err("Redis did not answer in time".into()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Ok(Ok(v)) => Ok(v),
-    }
+    within(limit, cmd.query_async::<T>(conn)).await
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use futures_util::future::join_all;
 use super::{FirstUse, Recorded, ReplayStore, StoreError, StoreFuture, TokenTimes};
 pub use crate::config::{EvictionCheck, RedisSettings};
 pub use connection::normalize_url;
-use connection::{ask, Conn, Target};
+use connection::{ask, within, Conn, Target};
 use layout::Layout;
 
 mod connection;
@@ -111,9 +111,9 @@ impl RedisStore {
         let mut pipe = redis::pipe();
         pipe.cmd("SET").arg(&key).arg(&fresh).arg("NX");
         pipe.cmd("GET").arg(&key);
-        let asked = tokio::time::timeout(self.response_timeout, pipe.query_async(&mut conn));
-        let Ok(Ok((created, Some(current)))) =
-            asked.await as Result<redis::RedisResult<(Option<String>, Option<String>)>, _>
+        let asked = within(self.response_timeout, pipe.query_async(&mut conn));
+        let Ok((created, Some(current))) =
+            asked.await as Result<(Option<String>, Option<String>), _>
         else {
             return false;
         };
@@ -216,15 +216,13 @@ impl RedisStore {
             .arg(self.min_replicas)
             .arg(self.replica_timeout.as_millis() as u64);
         let limit = self.replica_timeout + self.response_timeout;
-        let asked = tokio::time::timeout(limit, pipe.query_async::<(i64,)>(&mut conn));
-        match asked.await {
-            Ok(Ok((n,))) if n >= i64::from(self.min_replicas) => Ok(()),
-            Ok(Ok((n,))) => Err(self.fail(format!(
+        match within(limit, pipe.query_async::<(i64,)>(&mut conn)).await {
+            Ok((n,)) if n >= i64::from(self.min_replicas) => Ok(()),
+            Ok((n,)) => Err(self.fail(format!(
                 "acknowledged by {n} of the {} replicas required",
                 self.min_replicas
             ))),
-            Ok(Err(e)) => Err(self.fail(e.to_string())),
-            Err(_) => Err(self.fail("Redis did not answer in time".into())),
+            Err(e) => Err(self.fail(e)),
         }
     }
 
@@ -263,10 +261,7 @@ impl RedisStore {
             .arg("PX")
             .arg(ttl_ms);
         let (epoch, reply): (Option<String>, Option<String>) =
-            tokio::time::timeout(self.response_timeout, pipe.query_async(&mut conn))
-                .await
-                .map_err(|_| "Redis did not answer in time".to_string())?
-                .map_err(|e| e.to_string())?;
+            within(self.response_timeout, pipe.query_async(&mut conn)).await?;
         Ok((reply.is_some(), epoch))
     }
 
