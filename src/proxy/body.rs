@@ -86,6 +86,7 @@ impl Body for ReqBody {
 pub enum RespBody {
     Upstream(Incoming),
     Pooled(super::pool::PooledBody),
+    Wire(super::wire::WireBody),
     Full(Option<Bytes>),
 }
 
@@ -106,6 +107,7 @@ impl Body for RespBody {
         match self.get_mut() {
             RespBody::Upstream(b) => poll_incoming(b, cx),
             RespBody::Pooled(b) => Pin::new(b).poll_frame(cx),
+            RespBody::Wire(b) => Pin::new(b).poll_frame(cx),
             RespBody::Full(b) => poll_full(b),
         }
     }
@@ -114,6 +116,7 @@ impl Body for RespBody {
         match self {
             RespBody::Upstream(b) => b.is_end_stream(),
             RespBody::Pooled(b) => b.is_end_stream(),
+            RespBody::Wire(b) => b.is_end_stream(),
             RespBody::Full(b) => b.is_none(),
         }
     }
@@ -122,6 +125,7 @@ impl Body for RespBody {
         match self {
             RespBody::Upstream(b) => b.size_hint(),
             RespBody::Pooled(b) => b.size_hint(),
+            RespBody::Wire(b) => b.size_hint(),
             RespBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }

@@ -5,9 +5,11 @@
 //! upstream answered 101.
 
 pub mod body;
+pub mod codec;
 pub mod headers;
 pub mod pages;
 pub mod pool;
+pub mod wire;
 
 use std::error::Error as _;
 use std::net::SocketAddr;
@@ -222,13 +224,19 @@ impl Proxy {
         upgrade: bool,
     ) -> Result<Response<RespBody>, Failure> {
         match &self.pool {
-            Some(pool) if !upgrade => match pool.send(req).await {
-                Ok(resp) => Ok(resp.map(RespBody::Pooled)),
-                Err(e) => {
+            Some(pool) if !upgrade => {
+                let sent = match whole_body(req) {
+                    Ok((parts, body)) => pool
+                        .send_whole(parts, body)
+                        .await
+                        .map(|r| r.map(RespBody::Wire)),
+                    Err(req) => pool.send(req).await.map(|r| r.map(RespBody::Pooled)),
+                };
+                sent.map_err(|e| {
                     let (status, reason) = classify_pool_error(&e);
-                    Err(Failure::new(status, reason, &e, None))
-                }
-            },
+                    Failure::new(status, reason, &e, None)
+                })
+            }
             _ => match self.client.request(req).await {
                 Ok(resp) => Ok(resp.map(RespBody::Upstream)),
                 Err(e) => {
@@ -280,6 +288,20 @@ impl Proxy {
     }
 }
 
+/// A request whose body the gate holds whole (none, or the verified callback form), which
+/// goes on the gate's own codec; `Err` gives back one whose body streams.
+#[allow(clippy::result_large_err)]
+fn whole_body(
+    req: Request<ReqBody>,
+) -> Result<(request::Parts, Option<bytes::Bytes>), Request<ReqBody>> {
+    let (parts, body) = req.into_parts();
+    match body {
+        ReqBody::Full(b) => Ok((parts, b)),
+        ReqBody::Stream(b, _) if hyper::body::Body::is_end_stream(&b) => Ok((parts, None)),
+        body => Err(Request::from_parts(parts, body)),
+    }
+}
+
 /// Why no response head came from the upstream, for the page and the warning.
 struct Failure {
     status: StatusCode,
@@ -322,7 +344,9 @@ fn classify_pool_error(e: &pool::SendError) -> (StatusCode, &'static str) {
             (StatusCode::GATEWAY_TIMEOUT, "upstream_connect_timeout")
         }
         pool::SendError::Connect(_) => (StatusCode::BAD_GATEWAY, "upstream_unreachable"),
-        pool::SendError::Http(_) => (StatusCode::BAD_GATEWAY, "upstream_bad_response"),
+        pool::SendError::Http(_) | pool::SendError::Wire(_) => {
+            (StatusCode::BAD_GATEWAY, "upstream_bad_response")
+        }
     }
 }
 

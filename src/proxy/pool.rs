@@ -22,7 +22,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{request, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
@@ -30,6 +30,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::body::{BoxError, ReqBody};
+use super::wire::{self, WireBody, WireError};
 
 type Driver = http1::Connection<TokioIo<TcpStream>, ReqBody>;
 
@@ -45,9 +46,45 @@ struct ConnParts {
 /// `memcpy` cost more than the channel hop this pool saves).
 type Conn = Box<ConnParts>;
 
-struct Idle {
-    conn: Conn,
+struct Idle<C> {
+    conn: C,
     since: Instant,
+}
+
+/// Idle connections of one kind, the most recently used last.
+struct IdleList<C>(Mutex<Vec<Idle<C>>>);
+
+impl<C> IdleList<C> {
+    /// The most recently used connection, unless it has idled too long (then so have all
+    /// the older ones, which go too).
+    fn pop(&self, idle_timeout: Duration) -> Option<C> {
+        let mut list = self.0.lock().ok()?;
+        let idle = list.pop()?;
+        if idle.since.elapsed() >= idle_timeout {
+            list.clear();
+            return None;
+        }
+        Some(idle.conn)
+    }
+
+    fn push(&self, conn: C, idle_timeout: Duration, max_idle: usize) {
+        let Ok(mut list) = self.0.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        let expired = list
+            .iter()
+            .take_while(|i| now.duration_since(i.since) >= idle_timeout)
+            .count();
+        list.drain(..expired);
+        if list.len() >= max_idle {
+            if max_idle == 0 {
+                return;
+            }
+            list.remove(0);
+        }
+        list.push(Idle { conn, since: now });
+    }
 }
 
 /// Why a request could not be sent upstream.
@@ -56,6 +93,7 @@ pub enum SendError {
     ConnectTimeout,
     Connect(std::io::Error),
     Http(hyper::Error),
+    Wire(WireError),
 }
 
 impl std::fmt::Display for SendError {
@@ -64,6 +102,7 @@ impl std::fmt::Display for SendError {
             SendError::ConnectTimeout => f.write_str("connect timed out"),
             SendError::Connect(e) => write!(f, "connect failed: {e}"),
             SendError::Http(e) => write!(f, "{e}"),
+            SendError::Wire(e) => write!(f, "{e}"),
         }
     }
 }
@@ -73,7 +112,10 @@ pub struct Pool {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
-    idle: Mutex<Vec<Idle>>,
+    /// Connections on hyper's client, for requests whose body streams.
+    idle: IdleList<Conn>,
+    /// Connections on the gate's own codec, for requests whose body is whole (`wire.rs`).
+    idle_wire: IdleList<wire::Conn>,
 }
 
 impl Pool {
@@ -88,8 +130,47 @@ impl Pool {
             connect_timeout,
             idle_timeout,
             max_idle,
-            idle: Mutex::new(Vec::new()),
+            idle: IdleList(Mutex::new(Vec::new())),
+            idle_wire: IdleList(Mutex::new(Vec::new())),
         })
+    }
+
+    /// Send a request whose body the gate holds whole (none, or the callback's form) on
+    /// the gate's own codec. A request a reused connection could not take is sent again
+    /// on another; one that was written is never sent twice.
+    pub async fn send_whole(
+        self: &Arc<Self>,
+        mut parts: request::Parts,
+        body: Option<Bytes>,
+    ) -> Result<Response<WireBody>, SendError> {
+        default_host(&mut parts.headers, &self.authority);
+        loop {
+            let (conn, reused) = match self.checkout_wire() {
+                Some(c) => (c, true),
+                None => (
+                    wire::WireConn::new(self.connect_tcp_bounded().await?),
+                    false,
+                ),
+            };
+            match wire::send(self, conn, &parts, body.as_ref()).await {
+                Ok(resp) => return Ok(resp),
+                Err((WireError::Unsent(_), _)) if reused => continue,
+                Err((e, _)) => return Err(SendError::Wire(e)),
+            }
+        }
+    }
+
+    fn checkout_wire(&self) -> Option<wire::Conn> {
+        loop {
+            let mut conn = self.idle_wire.pop(self.idle_timeout)?;
+            if conn.is_usable() {
+                return Some(conn);
+            }
+        }
+    }
+
+    pub(super) fn checkin_wire(&self, conn: wire::Conn) {
+        self.idle_wire.push(conn, self.idle_timeout, self.max_idle);
     }
 
     /// Send one request and wait for the response head, driving the connection meanwhile.
@@ -99,7 +180,7 @@ impl Pool {
         self: &Arc<Self>,
         mut req: Request<ReqBody>,
     ) -> Result<Response<PooledBody>, SendError> {
-        default_host(&mut req, &self.authority);
+        default_host(req.headers_mut(), &self.authority);
         loop {
             let (mut conn, reused) = match self.checkout().await {
                 Some(c) => (c, true),
@@ -126,17 +207,7 @@ impl Pool {
     /// The most recently used idle connection that is still open and ready.
     async fn checkout(&self) -> Option<Conn> {
         loop {
-            let idle = {
-                let mut list = self.idle.lock().ok()?;
-                let idle = list.pop()?;
-                if idle.since.elapsed() >= self.idle_timeout {
-                    // the newest has expired, so have all the older ones
-                    list.clear();
-                    return None;
-                }
-                idle
-            };
-            let mut conn = idle.conn;
+            let mut conn = self.idle.pop(self.idle_timeout)?;
             if poll_fn(|cx| Poll::Ready(is_usable(&mut conn, cx))).await {
                 return Some(conn);
             }
@@ -144,28 +215,11 @@ impl Pool {
     }
 
     fn checkin(&self, conn: Conn) {
-        let Ok(mut list) = self.idle.lock() else {
-            return;
-        };
-        let now = Instant::now();
-        let expired = list
-            .iter()
-            .take_while(|i| now.duration_since(i.since) >= self.idle_timeout)
-            .count();
-        list.drain(..expired);
-        if list.len() >= self.max_idle {
-            if self.max_idle == 0 {
-                return;
-            }
-            list.remove(0);
-        }
-        list.push(Idle { conn, since: now });
+        self.idle.push(conn, self.idle_timeout, self.max_idle);
     }
 
     async fn connect(&self) -> Result<Conn, SendError> {
-        let tcp = tokio::time::timeout(self.connect_timeout, self.connect_tcp())
-            .await
-            .map_err(|_| SendError::ConnectTimeout)??;
+        let tcp = self.connect_tcp_bounded().await?;
         let (sender, driver) = http1::Builder::new()
             // a fixed 16 KiB read buffer per connection. hyper's adaptive one grows to
             // ~400 KB while a large response streams; at 1,000 concurrent 1 MiB downloads
@@ -176,8 +230,16 @@ impl Pool {
             .handshake(TokioIo::new(tcp))
             .await
             .map_err(SendError::Http)?;
-        crate::telemetry::metrics::METRICS.upstream_connection_opened();
         Ok(Box::new(ConnParts { sender, driver }))
+    }
+
+    /// A new TCP connection within the connect timeout, counted.
+    async fn connect_tcp_bounded(&self) -> Result<TcpStream, SendError> {
+        let tcp = tokio::time::timeout(self.connect_timeout, self.connect_tcp())
+            .await
+            .map_err(|_| SendError::ConnectTimeout)??;
+        crate::telemetry::metrics::METRICS.upstream_connection_opened();
+        Ok(tcp)
     }
 
     /// Each address the name resolves to in turn; the last error if none answers.
@@ -207,10 +269,10 @@ impl Pool {
 /// A Host field for a client that sent none (HTTP/1.0), as hyper-util's client added one:
 /// `client::conn` writes the request as it is (the target already in origin form, which
 /// `Proxy::rewrite` makes for this pool).
-fn default_host(req: &mut Request<ReqBody>, authority: &str) {
-    if !req.headers().contains_key(http::header::HOST) {
+fn default_host(headers: &mut http::HeaderMap, authority: &str) {
+    if !headers.contains_key(http::header::HOST) {
         if let Ok(v) = http::HeaderValue::from_str(authority) {
-            req.headers_mut().insert(http::header::HOST, v);
+            headers.insert(http::header::HOST, v);
         }
     }
 }

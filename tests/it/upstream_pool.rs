@@ -82,15 +82,48 @@ async fn serve_raw(
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
             buf.drain(..end + 4);
             let drop_it = head.starts_with("GET /drop ");
+            let (answer, close) = answer_for(&head);
             seen.lock().unwrap().push((conn, head));
             if drop_it {
                 return;
             }
-            let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-            if s.write_all(answer).await.is_err() {
+            if s.write_all(answer).await.is_err() || close {
                 return;
             }
         }
+    }
+}
+
+/// The raw upstream's answer to a request head, and whether it closes the connection after
+/// it: the framings and the faults the gate's own codec must read right.
+fn answer_for(head: &str) -> (&'static [u8], bool) {
+    let target = head.split(' ').nth(1).unwrap_or_default();
+    match target {
+        "/chunked" => (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n\
+              7;ext=1\r\n, world\r\n0\r\nX-Trailer: 1\r\n\r\n",
+            false,
+        ),
+        "/until-close" => (b"HTTP/1.1 200 OK\r\n\r\nread to the close", true),
+        // a second response behind the first: a desync the gate must not carry over
+        "/extra" => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok\
+              HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled",
+            false,
+        ),
+        "/both" => (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n\
+              2\r\nok\r\n0\r\n\r\n",
+            false,
+        ),
+        "/informational" => (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </hint>\r\n\r\n\
+              HTTP/1.1 201 Made\r\nContent-Length: 4\r\n\r\nmade",
+            false,
+        ),
+        "/cut" => (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", true),
+        _ if head.starts_with("HEAD ") => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", false),
+        _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", false),
     }
 }
 
@@ -164,6 +197,79 @@ async fn a_request_the_upstream_read_is_never_sent_again() {
     // and the next request opens a fresh connection
     assert_eq!(send(&c, req(&url("/after"))).await.status, 200);
     assert_eq!(up.connections(), 2);
+}
+
+/// Requests without a body go on the gate's own HTTP/1.1 codec: every framing is read to
+/// its end, and a connection is used again only after a message that ended cleanly.
+#[tokio::test]
+async fn every_response_framing_is_read_and_only_clean_ends_are_reused() {
+    let up = RawUpstream::start(Duration::from_secs(30)).await;
+    let dir = TempDir::new("pool-codec");
+    let served = gate_for(&dir, up.addr).await;
+    let c = client();
+    let url = |p: &str| format!("http://{}{p}", served.addr);
+    let get = |p: &str| send(&c, req(&url(p)));
+
+    let got = get("/chunked").await;
+    assert_eq!(
+        (got.status.as_u16(), got.text().as_str()),
+        (200, "hello, world")
+    );
+    assert!(got.headers.get("x-trailer").is_none());
+    let got = get("/informational").await;
+    assert_eq!((got.status.as_u16(), got.text().as_str()), (201, "made"));
+    assert!(
+        got.headers.get("link").is_none(),
+        "a 1xx field leaked into the final answer"
+    );
+    let head = http::Request::head(url("/head"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let got = send(&c, head).await;
+    assert_eq!((got.status.as_u16(), got.body.len()), (200, 0));
+    assert_eq!(got.headers["content-length"], "2");
+    assert_eq!(get("/first").await.text(), "ok");
+    // four messages that ended cleanly: all on the first connection
+    assert_eq!(up.connections(), 1);
+
+    let got = get("/extra").await;
+    assert_eq!((got.status.as_u16(), got.text().as_str()), (200, "ok"));
+    // the bytes behind it must not answer the next request: that goes on a new connection
+    let got = get("/next").await;
+    assert_eq!(
+        got.text(),
+        "ok",
+        "the stray response was read as this one's"
+    );
+    assert_eq!(up.connections(), 2);
+
+    let got = get("/until-close").await;
+    assert_eq!(got.text(), "read to the close");
+    let got = get("/both").await;
+    assert_eq!(
+        (got.status.as_u16(), got.reason()),
+        (502, Some("upstream_bad_response"))
+    );
+    // the gate aborts the client's response: before or after its head, as the race goes
+    if let Ok(resp) = c.request(req(&url("/cut"))).await {
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await;
+        assert!(body.is_err(), "a cut-off body passed as complete");
+    }
+    assert_eq!(get("/last").await.text(), "ok");
+
+    let conns: Vec<(usize, String)> = up.lines.lock().unwrap().clone();
+    let on = |t: &str| {
+        conns
+            .iter()
+            .find(|(_, h)| h.contains(&format!(" {t} ")))
+            .unwrap()
+            .0
+    };
+    // each of these ended its connection: the request after it came on a fresh one
+    assert_ne!(on("/until-close"), on("/both"));
+    assert_ne!(on("/both"), on("/cut"));
+    assert_ne!(on("/cut"), on("/last"));
+    assert_eq!(on("/next"), on("/until-close"), "a clean end is reused");
 }
 
 fn req(url: &str) -> http::Request<http_body_util::Full<bytes::Bytes>> {
