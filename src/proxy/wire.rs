@@ -34,6 +34,7 @@ pub struct WireConn {
     buf: BytesMut,
     /// The request head being written, kept for its capacity.
     out: Vec<u8>,
+    names: codec::NameCache,
 }
 
 pub type Conn = Box<WireConn>;
@@ -65,6 +66,7 @@ impl WireConn {
             tcp,
             buf: BytesMut::new(),
             out: Vec::new(),
+            names: codec::NameCache::default(),
         })
     }
 
@@ -95,7 +97,8 @@ impl WireConn {
         loop {
             if !self.buf.is_empty() {
                 if let Some(head) =
-                    codec::parse_response(&mut self.buf, &parts.method).map_err(WireError::Bad)?
+                    codec::parse_response(&mut self.buf, &parts.method, &mut self.names)
+                        .map_err(WireError::Bad)?
                 {
                     return Ok(head);
                 }
