@@ -33,5 +33,5 @@ one() { # bin path
 }
 printf "| %-6s | %-8s | %10s | %8s | %8s | %11s | %9s | %10s |\n" build path "req/s" p99 "µs/req" "peak RSS" "upstream conns" "log lines"
 for r in $(seq "$ROUNDS"); do
-  for path in /small /1m.bin; do one "$A" "$path" A; one "$B" "$path" B; done
+  for path in ${PATHS:-/small /1m.bin}; do one "$A" "$path" A; one "$B" "$path" B; done
 done

@@ -132,9 +132,11 @@ impl WireConn {
         Ok(())
     }
 
-    /// Read more into `buf`; `Ok(0)` at the upstream's close.
+    /// Read more into `buf`, with room for a whole `READ_CHUNK` each time (as hyper's
+    /// exact read strategy: fewer, fuller reads while a large body streams); `Ok(0)` at the
+    /// upstream's close.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK {
             self.buf.reserve(READ_CHUNK);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.tcp), cx, &mut self.buf)
