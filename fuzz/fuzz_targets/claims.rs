@@ -4,6 +4,7 @@
 #![no_main]
 use aws_lc_rs::hmac;
 use jwt_gate::login::encoding::b64url_encode;
+use jwt_gate::login::keys::VerifyKey;
 use jwt_gate::login::verify::{AuditInfo, Verifier};
 use jwt_gate::Config;
 use libfuzzer_sys::fuzz_target;
@@ -19,7 +20,9 @@ fn verifier() -> &'static Verifier {
             "[upstream]\nurl = \"http://127.0.0.1:1\"\n[provider]\nalgorithm = \"HS256\"\nsecret = \"{SECRET}\"\n[replay]\nreject_issued_before_start = false\n"
         );
         let cfg = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}"));
-        Verifier::new(&cfg, 0)
+        let (key, _) = VerifyKey::load(cfg.provider.algorithm, &cfg.provider.secret.0, false)
+            .unwrap_or_else(|e| panic!("{e}"));
+        Verifier::new(&cfg, key, None)
     })
 }
 

@@ -1,6 +1,7 @@
 //! Any bytes as a token: verification answers Ok or a reason, never panics, and never
 //! accepts a token whose signature it was not given (the key below signs nothing here).
 #![no_main]
+use jwt_gate::login::keys::VerifyKey;
 use jwt_gate::login::verify::{AuditInfo, Verifier};
 use jwt_gate::Config;
 use libfuzzer_sys::fuzz_target;
@@ -16,7 +17,10 @@ fn verifiers() -> &'static [Verifier] {
                     "[upstream]\nurl = \"http://127.0.0.1:1\"\n[provider]\nalgorithm = \"{alg}\"\nsecret = \"fuzz-secret-0123456789abcdefghijklmnop-0123456789abcdefghijklmnop\"\n[replay]\nreject_issued_before_start = false\n"
                 );
                 let cfg = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}"));
-                Verifier::new(&cfg, 0)
+                let (key, _) =
+                    VerifyKey::load(cfg.provider.algorithm, &cfg.provider.secret.0, false)
+                        .unwrap_or_else(|e| panic!("{e}"));
+                Verifier::new(&cfg, key, None)
             })
             .collect()
     })
