@@ -1,5 +1,8 @@
 //! The upstream connection pool for plain HTTP/1.1 upstreams (Workhorse, Omnibus nginx on
-//! loopback: the sidecar's case), on hyper's low-level `client::conn::http1`.
+//! loopback: the sidecar's case). Two kinds of connection, each with its idle list:
+//! requests whose body the gate holds whole go on the gate's own codec (`wire.rs`, the
+//! common case: GETs and the login callback); requests whose body streams go on hyper's
+//! low-level `client::conn::http1`, as described below.
 //!
 //! Why not hyper-util's pooled client: it runs each upstream connection in a task of its own,
 //! hands every request to that task through a channel and the response back through a
