@@ -53,7 +53,7 @@ impl std::fmt::Display for WireError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             WireError::Unsent(e) => write!(f, "request not written: {e}"),
-            WireError::Io(e) => write!(f, "reading the response: {e}"),
+            WireError::Io(e) => write!(f, "upstream connection failed: {e}"),
             WireError::Closed => f.write_str("connection closed before the response head"),
             WireError::Bad(e) => write!(f, "bad response: {e}"),
         }
@@ -93,7 +93,7 @@ impl WireConn {
         body: Option<&Bytes>,
     ) -> Result<codec::Head, WireError> {
         codec::encode_request(parts, &mut self.out);
-        self.write_all(body).await.map_err(WireError::Unsent)?;
+        self.write_all(body).await?;
         loop {
             if !self.buf.is_empty() {
                 if let Some(head) =
@@ -111,8 +111,10 @@ impl WireConn {
         }
     }
 
-    /// The head and the body together: one `writev` for both in the common case.
-    async fn write_all(&mut self, body: Option<&Bytes>) -> std::io::Result<()> {
+    /// The head and the body together: one `writev` for both in the common case. A failure
+    /// before the first byte left is `Unsent` (the request may go on another connection);
+    /// after it, the upstream may have seen part of the request, which is never sent again.
+    async fn write_all(&mut self, body: Option<&Bytes>) -> Result<(), WireError> {
         let empty = Bytes::new();
         let body = body.unwrap_or(&empty);
         let (mut head_at, mut body_at) = (0, 0);
@@ -121,10 +123,16 @@ impl WireConn {
                 IoSlice::new(&self.out[head_at..]),
                 IoSlice::new(&body[body_at..]),
             ];
-            let n = poll_fn(|cx| Pin::new(&mut self.tcp).poll_write_vectored(cx, &bufs)).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
+            let written =
+                poll_fn(|cx| Pin::new(&mut self.tcp).poll_write_vectored(cx, &bufs)).await;
+            let n = match written {
+                Ok(0) => Err(std::io::Error::from(std::io::ErrorKind::WriteZero)),
+                other => other,
             }
+            .map_err(|e| match head_at {
+                0 => WireError::Unsent(e),
+                _ => WireError::Io(e),
+            })?;
             let to_head = n.min(self.out.len() - head_at);
             head_at += to_head;
             body_at += n - to_head;

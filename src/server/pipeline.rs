@@ -108,6 +108,9 @@ async fn phases(app: &App, mut req: Request<Incoming>, peer: SocketAddr) -> Resp
             }
             Err(refusal) => return login_refused(app, refusal, bodiless, log, version),
         }
+    } else if http_body::Body::is_end_stream(&body) {
+        // no body (most requests): nothing to stream or count
+        (ReqBody::Full(None), Vec::new(), None)
     } else {
         let stats = Arc::new(BodyStats::default());
         log.req_bytes = Some(stats.clone());
