@@ -1,8 +1,10 @@
 //! Forwarding to the upstream (GitLab Workhorse or GitLab's nginx). Knows nothing of JWTs.
 //!
-//! One shared, pooled hyper client (keep-alive, TCP_NODELAY, bounded idle pool); bodies
-//! stream both ways with hyper's backpressure; upgrades are tunnelled only after the
-//! upstream answered 101.
+//! Towards a plain-HTTP/1.1 upstream, the gate's own pool (`pool.rs`): requests whose body
+//! the gate holds whole on its own client codec (`codec.rs`, `wire.rs`), requests whose
+//! body streams on hyper's `client::conn`. https:// and HTTP/2 upstreams, and upgrades, on
+//! hyper-util's pooled client. Bodies stream both ways with backpressure; upgrades are
+//! tunnelled only after the upstream answered 101.
 
 pub mod body;
 pub mod codec;

@@ -157,8 +157,8 @@ impl Pool {
             };
             match wire::send(self, conn, &parts, body.as_ref()).await {
                 Ok(resp) => return Ok(resp),
-                Err((WireError::Unsent(_), _)) if reused => continue,
-                Err((e, _)) => return Err(SendError::Wire(e)),
+                Err(WireError::Unsent(_)) if reused => continue,
+                Err(e) => return Err(SendError::Wire(e)),
             }
         }
     }

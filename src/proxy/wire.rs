@@ -152,19 +152,15 @@ impl WireConn {
 }
 
 /// Send one request whose body is whole, on `conn`, and build the response around the
-/// rest of the message. `Err` with the connection when the request was not written (the
-/// caller may try another connection).
+/// rest of the message. On any error the connection is closed; `WireError::Unsent` says the
+/// request may go on another.
 pub async fn send(
     pool: &Arc<Pool>,
     mut conn: Conn,
     parts: &request::Parts,
     body: Option<&Bytes>,
-) -> Result<Response<WireBody>, (WireError, Option<Conn>)> {
-    let head = match conn.exchange(parts, body).await {
-        Ok(h) => h,
-        Err(e @ WireError::Unsent(_)) => return Err((e, Some(conn))),
-        Err(e) => return Err((e, None)),
-    };
+) -> Result<Response<WireBody>, WireError> {
+    let head = conn.exchange(parts, body).await?;
     let state = match head.framing {
         Framing::Empty => State::Done,
         Framing::Length(n) => State::Length(n),
