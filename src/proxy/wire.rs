@@ -178,6 +178,13 @@ pub async fn send(
     Ok(head.response.map(|()| body))
 }
 
+/// Up to `left` bytes of a length-delimited body off the front of `buf`, counted off.
+fn split_length(buf: &mut BytesMut, left: &mut u64) -> Bytes {
+    let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+    *left -= n as u64;
+    buf.split_to(n).freeze()
+}
+
 enum State {
     Length(u64),
     Chunked(ChunkedDecoder),
@@ -202,11 +209,9 @@ impl WireBody {
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
-        if let State::Length(n) = self.state {
-            if conn.buf.len() as u64 >= n {
-                // n fits: it is no more than what is in memory
-                let data = conn.buf.split_to(n as usize).freeze();
-                self.whole = Some(data);
+        if let State::Length(left) = &mut self.state {
+            if conn.buf.len() as u64 >= *left {
+                self.whole = Some(split_length(&mut conn.buf, left));
                 self.state = State::Done;
             }
         }
@@ -239,12 +244,7 @@ impl WireBody {
                     if conn.buf.is_empty() {
                         None
                     } else {
-                        let n = conn
-                            .buf
-                            .len()
-                            .min(usize::try_from(*left).unwrap_or(usize::MAX));
-                        *left -= n as u64;
-                        let d = conn.buf.split_to(n).freeze();
+                        let d = split_length(&mut conn.buf, left);
                         if *left == 0 {
                             self.state = State::Done;
                         }
@@ -276,15 +276,10 @@ impl WireBody {
                     self.conn = None;
                     return Poll::Ready(None);
                 }
-                Ok(0) => {
-                    self.conn = None;
-                    return Poll::Ready(Some(Err("upstream closed mid-body".into())));
-                }
+                // errors close the connection in `poll_frame`, as a framing error does
+                Ok(0) => return Poll::Ready(Some(Err("upstream closed mid-body".into()))),
                 Ok(_) => {}
-                Err(e) => {
-                    self.conn = None;
-                    return Poll::Ready(Some(Err(e.into())));
-                }
+                Err(e) => return Poll::Ready(Some(Err(e.into()))),
             }
         }
     }
